@@ -1,0 +1,52 @@
+# Everyday commands. `make run` and `make test` do all the set-up they need.
+
+SHELL := /bin/bash
+CACHE ?= $(HOME)/.cache/warden
+export CARGO_TARGET_DIR ?= $(CACHE)/target
+CONFIG ?= config/warden.toml
+PYTHON_VENV := $(CACHE)/sdk-venv
+PYTHON := $(PYTHON_VENV)/bin/python
+TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+
+.PHONY: run test lint fmt build release toolchain sdk-venv bench clean
+
+## Run Warden with the example config (config/warden.toml).
+run: toolchain
+	cargo run --release --locked -- serve --config $(CONFIG)
+
+## The whole test suite: format, lints, unit and integration tests, the OpenAI SDK tests.
+test: toolchain sdk-venv lint
+	OPENAI_SDK_PYTHON=$(PYTHON) cargo test --locked -- --include-ignored
+
+lint: toolchain
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+fmt:
+	cargo fmt
+
+build: toolchain
+	cargo build --locked
+
+release: toolchain
+	cargo build --release --locked
+
+## Benchmark: Warden's overhead over a fake upstream, measured side by side.
+bench: toolchain
+	cargo build --release --locked --bin warden --example bench
+	$(CARGO_TARGET_DIR)/release/examples/bench
+
+## The pinned toolchain, made from the machine's own when it is the same version (no download).
+toolchain:
+	@scripts/toolchain.sh $(TOOLCHAIN)
+
+## Python environment with the official openai SDK, for the SDK tests.
+sdk-venv: $(PYTHON_VENV)/.installed
+
+$(PYTHON_VENV)/.installed: tests/sdk/requirements.txt
+	python3 -m venv $(PYTHON_VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+	touch $@
+
+clean:
+	cargo clean

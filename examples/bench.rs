@@ -1,0 +1,445 @@
+//! Warden's overhead, measured side by side with the same load sent straight to the upstream.
+//!
+//! `make bench` (or `cargo run --release --example bench`) starts, as separate processes, a fake
+//! OpenAI-compatible upstream (this program with `upstream PORT`) and the release `warden`
+//! binary in front of it, then drives both with an open-loop load generator: requests are sent
+//! on a fixed schedule whatever the latency, and latency is counted from the scheduled time, so
+//! a stall shows up in the percentiles instead of hiding. It prints:
+//!
+//! - non-streaming latency p50/p90/p99/max at fixed rates, direct and through Warden, and the
+//!   difference (Warden's overhead);
+//! - streaming: time to first byte, direct and through Warden;
+//! - per-chunk delivery latency: the upstream writes its send time (wall clock, nanoseconds)
+//!   into each chunk's content and the client subtracts it from the arrival time.
+//!
+//! Options (environment): BENCH_SECONDS (per run, default 5), BENCH_RATES (default "500,1000"),
+//! BENCH_STREAMS_PER_SEC (default 50).
+
+#![expect(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a benchmark program: prints its table, and any failure should stop it loudly"
+)]
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const CHAT_JSON: &str = include_str!("../tests/fixtures/openai/chat.json");
+const CHUNKS_PER_STREAM: usize = 20;
+const CHUNK_INTERVAL: Duration = Duration::from_millis(5);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if args.get(1).map(String::as_str) == Some("upstream") {
+        let port: u16 = args[2].parse().unwrap();
+        runtime.block_on(upstream(port));
+    } else {
+        runtime.block_on(orchestrate());
+    }
+}
+
+// ---------------------------------------------------------------- the fake upstream process
+
+fn wall_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+async fn upstream(port: u16) {
+    let app = Router::new()
+        .route("/v1/chat/completions", post(upstream_chat))
+        .route(
+            "/v1/models",
+            get(|| async { "{\"object\":\"list\",\"data\":[]}" }),
+        );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|s| {
+        let _ = s.set_nodelay(true);
+    });
+    axum::serve(listener, app).await.unwrap();
+}
+
+async fn upstream_chat(body: Bytes) -> Response {
+    let streaming = memchr_stream_true(&body);
+    if !streaming {
+        return ([("content-type", "application/json")], CHAT_JSON).into_response();
+    }
+    let frames = futures_util::stream::unfold(0usize, |i| async move {
+        if i > CHUNKS_PER_STREAM {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(CHUNK_INTERVAL).await;
+        }
+        let frame = if i == CHUNKS_PER_STREAM {
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n".to_owned()
+        } else {
+            format!(
+                "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}\"}},\"finish_reason\":null}}]}}\n\n",
+                wall_nanos()
+            )
+        };
+        Some((Ok::<_, std::io::Error>(Bytes::from(frame)), i + 1))
+    });
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(frames),
+    )
+        .into_response()
+}
+
+fn memchr_stream_true(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.contains("\"stream\":true")
+}
+
+// ---------------------------------------------------------------- orchestration
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_for(url: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client.get(url).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not come up");
+}
+
+async fn orchestrate() {
+    let seconds: u64 = env_or("BENCH_SECONDS", 5);
+    let rates: Vec<u64> = std::env::var("BENCH_RATES")
+        .unwrap_or_else(|_| "500,1000".to_owned())
+        .split(',')
+        .map(|r| r.trim().parse().unwrap())
+        .collect();
+    let streams_per_sec: u64 = env_or("BENCH_STREAMS_PER_SEC", 50);
+
+    let me = std::env::current_exe().unwrap();
+    let warden_bin = me.parent().unwrap().parent().unwrap().join("warden");
+    assert!(
+        warden_bin.exists(),
+        "build the release binary first: cargo build --release"
+    );
+
+    let upstream_port = free_port();
+    let _upstream = Process(
+        Command::new(&me)
+            .args(["upstream", &upstream_port.to_string()])
+            .spawn()
+            .unwrap(),
+    );
+    let warden_port = free_port();
+    let dir = std::env::temp_dir().join(format!("warden-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("warden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{warden_port}\"\n[log]\nlevel = \"warn\"\n\
+             [backends.fake]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{upstream_port}/v1\"\n\
+             [[models]]\nid = \"llama3.2\"\ntargets = [{{ backend = \"fake\", model = \"llama3.2\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let _warden = Process(
+        Command::new(&warden_bin)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let direct = format!("http://127.0.0.1:{upstream_port}/v1/chat/completions");
+    let through = format!("http://127.0.0.1:{warden_port}/v1/chat/completions");
+    wait_for(&format!("http://127.0.0.1:{upstream_port}/v1/models")).await;
+    wait_for(&format!("http://127.0.0.1:{warden_port}/healthz")).await;
+
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("# Warden benchmark");
+    println!();
+    println!("machine: {cores} cores; fake upstream, warden and load generator share them");
+    println!(
+        "open loop, latency from the scheduled send time, {seconds} s per run after a 1 s warm-up"
+    );
+    println!();
+    println!("## Non-streaming: latency (ms) and Warden's overhead");
+    println!();
+    println!("| rate (req/s) | path | ok | errors | p50 | p90 | p99 | max |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(4096)
+        .build()
+        .unwrap();
+    let body = Arc::new(
+        serde_json::json!({"model": "llama3.2", "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
+            .to_string(),
+    );
+    let mut overheads = Vec::new();
+    for &rate in &rates {
+        let _ = open_loop(&client, &direct, &body, rate, 1).await;
+        let d = open_loop(&client, &direct, &body, rate, seconds).await;
+        let _ = open_loop(&client, &through, &body, rate, 1).await;
+        let w = open_loop(&client, &through, &body, rate, seconds).await;
+        print_row(rate, "direct", &d);
+        print_row(rate, "warden", &w);
+        overheads.push((
+            rate,
+            pct(&w.latencies, 50.0) - pct(&d.latencies, 50.0),
+            pct(&w.latencies, 99.0) - pct(&d.latencies, 99.0),
+        ));
+    }
+    println!();
+    println!("| rate (req/s) | overhead p50 (ms) | overhead p99 (ms) |");
+    println!("|---|---|---|");
+    for (rate, p50, p99) in overheads {
+        println!("| {rate} | {p50:.3} | {p99:.3} |");
+    }
+
+    println!();
+    println!(
+        "## Streaming: {CHUNKS_PER_STREAM} chunks {} ms apart, {streams_per_sec} streams/s",
+        CHUNK_INTERVAL.as_millis()
+    );
+    println!();
+    let stream_body = Arc::new(
+        serde_json::json!({"model": "llama3.2", "stream": true, "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
+            .to_string(),
+    );
+    let _ = streams(&client, &direct, &stream_body, streams_per_sec, 1).await;
+    let d = streams(&client, &direct, &stream_body, streams_per_sec, seconds).await;
+    let _ = streams(&client, &through, &stream_body, streams_per_sec, 1).await;
+    let w = streams(&client, &through, &stream_body, streams_per_sec, seconds).await;
+    println!("| measure (ms) | path | n | p50 | p90 | p99 | max |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, direct_values, warden_values) in [
+        ("time to first byte", &d.ttfb, &w.ttfb),
+        ("chunk delivery", &d.chunk_delay, &w.chunk_delay),
+    ] {
+        for (path, values) in [("direct", direct_values), ("warden", warden_values)] {
+            println!(
+                "| {name} | {path} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                values.len(),
+                pct(values, 50.0),
+                pct(values, 90.0),
+                pct(values, 99.0),
+                pct(values, 100.0)
+            );
+        }
+    }
+    println!();
+    println!(
+        "added time to first byte: p50 {:.3} ms, p99 {:.3} ms; added per-chunk latency: p50 {:.3} ms, p99 {:.3} ms; stream errors: direct {}, warden {}",
+        pct(&w.ttfb, 50.0) - pct(&d.ttfb, 50.0),
+        pct(&w.ttfb, 99.0) - pct(&d.ttfb, 99.0),
+        pct(&w.chunk_delay, 50.0) - pct(&d.chunk_delay, 50.0),
+        pct(&w.chunk_delay, 99.0) - pct(&d.chunk_delay, 99.0),
+        d.errors,
+        w.errors
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Default)]
+struct Run {
+    latencies: Vec<f64>,
+    errors: usize,
+}
+
+fn print_row(rate: u64, path: &str, run: &Run) {
+    println!(
+        "| {rate} | {path} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+        run.latencies.len(),
+        run.errors,
+        pct(&run.latencies, 50.0),
+        pct(&run.latencies, 90.0),
+        pct(&run.latencies, 99.0),
+        pct(&run.latencies, 100.0)
+    );
+}
+
+fn pct(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Sends `rate` requests per second for `seconds`, each at its scheduled time.
+async fn open_loop(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Arc<String>,
+    rate: u64,
+    seconds: u64,
+) -> Run {
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let scheduled = start + interval * i as u32;
+        tokio::time::sleep_until(scheduled.into()).await;
+        let client = client.clone();
+        let url = url.to_owned();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.as_str().to_owned())
+                .send()
+                .await;
+            match result {
+                Ok(response) if response.status().is_success() => {
+                    let _ = response.bytes().await;
+                    Ok(scheduled.elapsed().as_secs_f64() * 1000.0)
+                }
+                _ => Err(()),
+            }
+        }));
+    }
+    let mut run = Run::default();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(ms) => run.latencies.push(ms),
+            Err(()) => run.errors += 1,
+        }
+    }
+    run
+}
+
+#[derive(Default)]
+struct StreamRun {
+    ttfb: Vec<f64>,
+    chunk_delay: Vec<f64>,
+    errors: usize,
+}
+
+async fn streams(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Arc<String>,
+    rate: u64,
+    seconds: u64,
+) -> StreamRun {
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let scheduled = start + interval * i as u32;
+        tokio::time::sleep_until(scheduled.into()).await;
+        let client = client.clone();
+        let url = url.to_owned();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            one_stream(client, url, body, scheduled).await
+        }));
+    }
+    let mut run = StreamRun::default();
+    for task in tasks {
+        match task.await.unwrap() {
+            Some((ttfb, delays)) => {
+                run.ttfb.push(ttfb);
+                run.chunk_delay.extend(delays);
+            }
+            None => run.errors += 1,
+        }
+    }
+    run
+}
+
+async fn one_stream(
+    client: reqwest::Client,
+    url: String,
+    body: Arc<String>,
+    scheduled: Instant,
+) -> Option<(f64, Vec<f64>)> {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.as_str().to_owned())
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let mut bytes = response.bytes_stream();
+    let mut ttfb = None;
+    let mut delays = Vec::new();
+    let mut buffer = String::new();
+    let mut done = false;
+    while let Some(chunk) = bytes.next().await {
+        let chunk = chunk.ok()?;
+        let arrived = wall_nanos();
+        ttfb.get_or_insert_with(|| scheduled.elapsed().as_secs_f64() * 1000.0);
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let data = event.trim().strip_prefix("data: ").unwrap_or("");
+            if data == "[DONE]" {
+                done = true;
+                continue;
+            }
+            let value: serde_json::Value = match serde_json::from_str(data) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if let Some(sent) = value["choices"][0]["delta"]["content"]
+                .as_str()
+                .and_then(|s| s.parse::<u128>().ok())
+            {
+                delays.push(arrived.saturating_sub(sent) as f64 / 1e6);
+            }
+        }
+    }
+    done.then(|| (ttfb.unwrap_or(f64::NAN), delays))
+}

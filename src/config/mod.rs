@@ -1,0 +1,357 @@
+//! Configuration: read the file, apply `WARDEN_...` overrides, deserialize strictly, validate.
+//!
+//! Every error names the file and the key path (`models[0].targets[1].backend`), and says which
+//! environment variable set the key when one did.
+
+mod env;
+mod raw;
+mod secret;
+
+pub use env::{AppliedOverride, CONFIG_PATH_VAR, Environment, MapEnv, ProcessEnv};
+pub use raw::{BackendKind, Balance, LogFormat, RawConfig};
+pub use secret::Secret;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use url::Url;
+
+pub const DEFAULT_PATH: &str = "config/warden.toml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub backends: Vec<BackendConfig>,
+    pub models: Vec<ModelConfig>,
+    /// The file as read plus overrides and defaults; secrets in it are references only.
+    pub effective: RawConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub sse_keep_alive: Duration,
+    pub readiness_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    pub kind: BackendKind,
+    pub base_url: Url,
+    pub api_key: Option<Secret>,
+    pub timeouts: Timeouts,
+    pub down_for: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_token: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub id: String,
+    pub balance: Balance,
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub backend: String,
+    pub model: String,
+}
+
+/// A configuration that cannot be used, with where the problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: Option<String>,
+    pub message: String,
+    pub set_by: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(variable) = &self.set_by {
+            write!(f, " (set by environment variable {variable})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates the file at `path` with overrides from `env`.
+    pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            file: path.to_owned(),
+            key: None,
+            message: format!("cannot read the file: {err}"),
+            set_by: None,
+        })?;
+        Config::parse(&text, path, env)
+    }
+
+    /// Validates config text; `path` is only used in messages and as `source`.
+    pub fn parse(text: &str, path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let error = |key: Option<String>, message: String| ConfigError {
+            file: path.to_owned(),
+            key,
+            message,
+            set_by: None,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|err| {
+            let line = err
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let place = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            error(
+                None,
+                format!("not valid TOML{place}: {}", err.message().trim()),
+            )
+        })?;
+        let overrides = env::apply_overrides(&mut table, env).map_err(|m| error(None, m))?;
+        let set_by = |key: &str| {
+            overrides
+                .iter()
+                .find(|o| key == o.path || key.starts_with(&format!("{}.", o.path)))
+                .map(|o| o.variable.clone())
+        };
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
+                let key = err.path().to_string();
+                let inner = err.into_inner();
+                let (key, message) = key_and_message(&key, inner.message());
+                ConfigError {
+                    set_by: key.as_deref().and_then(set_by),
+                    ..error(key, message)
+                }
+            })?;
+        validate(raw, path, env).map_err(|mut err| {
+            err.set_by = err.key.as_deref().and_then(set_by);
+            err
+        })
+    }
+}
+
+/// serde reports a missing or unknown field at its parent; name the field itself.
+fn key_and_message(parent: &str, message: &str) -> (Option<String>, String) {
+    let field = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    let key = match field {
+        Some(field) if parent == "." || parent.is_empty() => field.to_owned(),
+        Some(field) if !parent.ends_with(field) => format!("{parent}.{field}"),
+        _ => parent.to_owned(),
+    };
+    let key = (!key.is_empty() && key != ".").then_some(key);
+    let message = message
+        .split(" for key `")
+        .next()
+        .unwrap_or(message)
+        .trim()
+        .to_owned();
+    (key, message)
+}
+
+fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+    let error = |key: String, message: String| ConfigError {
+        file: path.to_owned(),
+        key: Some(key),
+        message,
+        set_by: None,
+    };
+    let positive = |key: &str, ms: u64| {
+        if ms == 0 {
+            Err(error(key.to_owned(), "must be greater than 0".to_owned()))
+        } else {
+            Ok(Duration::from_millis(ms))
+        }
+    };
+
+    let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
+        error(
+            "server.listen".to_owned(),
+            format!(
+                "`{}` is not an address with a port, e.g. 127.0.0.1:8080",
+                raw.server.listen
+            ),
+        )
+    })?;
+    if raw.server.max_body_bytes == 0 {
+        return Err(error(
+            "server.max_body_bytes".to_owned(),
+            "must be greater than 0".to_owned(),
+        ));
+    }
+    let server = ServerConfig {
+        listen,
+        max_body_bytes: raw.server.max_body_bytes,
+        shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms),
+        sse_keep_alive: positive("server.sse_keep_alive_ms", raw.server.sse_keep_alive_ms)?,
+        readiness_timeout: positive(
+            "server.readiness_timeout_ms",
+            raw.server.readiness_timeout_ms,
+        )?,
+    };
+
+    if raw.backends.is_empty() {
+        return Err(error(
+            "backends".to_owned(),
+            "at least one backend is required".to_owned(),
+        ));
+    }
+    let mut backends = Vec::with_capacity(raw.backends.len());
+    for (name, backend) in &raw.backends {
+        let key = |field: &str| format!("backends.{name}.{field}");
+        let base_url = parse_base_url(&backend.base_url).map_err(|m| error(key("base_url"), m))?;
+        let api_key = match &backend.api_key {
+            None => None,
+            Some(reference) => {
+                Some(resolve_secret(reference, env).map_err(|m| error(key("api_key"), m))?)
+            }
+        };
+        let t = &backend.timeouts;
+        backends.push(BackendConfig {
+            name: name.clone(),
+            kind: backend.kind,
+            base_url,
+            api_key,
+            timeouts: Timeouts {
+                connect: positive(&key("timeouts.connect_ms"), t.connect_ms)?,
+                first_token: positive(&key("timeouts.first_token_ms"), t.first_token_ms)?,
+                idle: positive(&key("timeouts.idle_ms"), t.idle_ms)?,
+                total: positive(&key("timeouts.total_ms"), t.total_ms)?,
+            },
+            down_for: Duration::from_millis(backend.down_for_ms),
+        });
+    }
+
+    if raw.models.is_empty() {
+        return Err(error(
+            "models".to_owned(),
+            "at least one model is required".to_owned(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut models = Vec::with_capacity(raw.models.len());
+    for (i, model) in raw.models.iter().enumerate() {
+        if model.id.trim().is_empty() {
+            return Err(error(
+                format!("models[{i}].id"),
+                "must not be empty".to_owned(),
+            ));
+        }
+        if !seen.insert(model.id.as_str()) {
+            return Err(error(
+                format!("models[{i}].id"),
+                format!("model id `{}` is defined twice", model.id),
+            ));
+        }
+        if model.targets.is_empty() {
+            return Err(error(
+                format!("models[{i}].targets"),
+                "at least one target is required".to_owned(),
+            ));
+        }
+        for (j, target) in model.targets.iter().enumerate() {
+            if !raw.backends.contains_key(&target.backend) {
+                let known: Vec<&str> = raw.backends.keys().map(String::as_str).collect();
+                return Err(error(
+                    format!("models[{i}].targets[{j}].backend"),
+                    format!(
+                        "unknown backend `{}` (defined: {})",
+                        target.backend,
+                        known.join(", ")
+                    ),
+                ));
+            }
+            if target.model.trim().is_empty() {
+                return Err(error(
+                    format!("models[{i}].targets[{j}].model"),
+                    "must not be empty".to_owned(),
+                ));
+            }
+        }
+        models.push(ModelConfig {
+            id: model.id.clone(),
+            balance: model.balance,
+            targets: model
+                .targets
+                .iter()
+                .map(|t| TargetConfig {
+                    backend: t.backend.clone(),
+                    model: t.model.clone(),
+                })
+                .collect(),
+        });
+    }
+
+    Ok(Config {
+        source: path.to_owned(),
+        server,
+        log: LogConfig {
+            format: raw.log.format,
+            level: raw.log.level.clone(),
+        },
+        backends,
+        models,
+        effective: raw,
+    })
+}
+
+fn parse_base_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|err| format!("`{text}` is not a valid URL: {err}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("`{text}` must be an http:// or https:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{text}` has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{text}` must not have a query or fragment"));
+    }
+    Ok(url)
+}
+
+fn resolve_secret(reference: &str, env: &dyn Environment) -> Result<Secret, String> {
+    let name = secret::env_reference(reference).ok_or_else(|| {
+        "secrets are written as references (`env:VARIABLE_NAME`), never inline".to_owned()
+    })?;
+    let value = env
+        .var(name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("environment variable {name} (from `{reference}`) is not set"))?;
+    Ok(Secret::new(reference, value))
+}
+
+impl Config {
+    /// The effective configuration as TOML, for `warden check-config`. Secrets appear only as
+    /// their references.
+    pub fn effective_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(&self.effective)
+    }
+}

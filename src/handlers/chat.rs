@@ -1,0 +1,15 @@
+use axum::extract::State;
+use axum::response::Response;
+
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::pipeline;
+use crate::state::AppState;
+use crate::types::ChatRequest;
+
+pub async fn completions(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<ChatRequest>,
+) -> Result<Response, ApiError> {
+    pipeline::chat(state, request).await
+}

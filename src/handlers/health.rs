@@ -1,0 +1,125 @@
+//! `/healthz` says the process is alive; `/readyz` checks every dependency.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::state::AppState;
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    /// `ready` when every model has at least one backend up.
+    pub status: &'static str,
+    pub backends: BTreeMap<String, BackendStatus>,
+    pub models: BTreeMap<String, ModelStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    pub status: &'static str,
+    pub latency_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelStatus {
+    pub status: &'static str,
+    pub backends_up: Vec<String>,
+    /// Upstream model names that a reachable backend does not list (e.g. not pulled yet).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_listed_upstream: Vec<String>,
+}
+
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let timeout = state.config.server.readiness_timeout;
+    let probes = state.pool.backends().iter().map(|handle| async move {
+        let started = Instant::now();
+        let result = handle.backend.probe(timeout).await;
+        (handle.name.clone(), started.elapsed(), result)
+    });
+    let results = futures_util::future::join_all(probes).await;
+
+    let mut backends = BTreeMap::new();
+    let mut served: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, elapsed, result) in results {
+        let latency_ms = elapsed.as_millis() as u64;
+        let status = match result {
+            Ok(models) => {
+                served.insert(name.clone(), models);
+                BackendStatus {
+                    status: "up",
+                    latency_ms,
+                    error: None,
+                    code: None,
+                }
+            }
+            Err(err) => {
+                tracing::warn!(backend = %name, error = %err, "readiness probe failed");
+                let envelope = err.client_envelope();
+                BackendStatus {
+                    status: "down",
+                    latency_ms,
+                    error: Some(envelope.message),
+                    code: envelope.code,
+                }
+            }
+        };
+        backends.insert(name, status);
+    }
+
+    let mut models = BTreeMap::new();
+    for (id, targets) in state.pool.model_targets() {
+        let mut up = Vec::new();
+        let mut not_listed = Vec::new();
+        for (backend, upstream_model) in targets {
+            if let Some(listed) = served.get(&backend) {
+                up.push(backend);
+                if !lists_model(listed, &upstream_model) {
+                    not_listed.push(upstream_model);
+                }
+            }
+        }
+        let status = if up.is_empty() {
+            "unavailable"
+        } else {
+            "ready"
+        };
+        models.insert(
+            id,
+            ModelStatus {
+                status,
+                backends_up: up,
+                not_listed_upstream: not_listed,
+            },
+        );
+    }
+    let ready = models.values().all(|m| m.status == "ready");
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let readiness = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        backends,
+        models,
+    };
+    (code, Json(readiness))
+}
+
+/// Ollama lists `llama3.2:latest` for a model pulled as `llama3.2`.
+fn lists_model(listed: &[String], model: &str) -> bool {
+    listed
+        .iter()
+        .any(|name| name == model || name.strip_suffix(":latest") == Some(model))
+}

@@ -1,0 +1,6 @@
+//! Thin HTTP handlers: extract, call the pipeline or the component, answer.
+
+pub mod chat;
+pub mod fallback;
+pub mod health;
+pub mod models;

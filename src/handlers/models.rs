@@ -1,0 +1,39 @@
+use axum::Json;
+use axum::extract::{Path, State};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::types::{ModelEntry, ModelList};
+
+fn entry(state: &AppState, id: &str) -> ModelEntry {
+    ModelEntry {
+        id: id.to_owned(),
+        object: "model".to_owned(),
+        created: state.started_at,
+        owned_by: "warden".to_owned(),
+    }
+}
+
+pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list".to_owned(),
+        data: state
+            .pool
+            .model_ids()
+            .iter()
+            .map(|id| entry(&state, id))
+            .collect(),
+    })
+}
+
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`). Ids may contain `/`.
+pub async fn retrieve(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelEntry>, ApiError> {
+    state
+        .pool
+        .route(&id)
+        .map(|route| Json(entry(&state, &route.id)))
+        .ok_or(ApiError::ModelNotFound { model: id })
+}

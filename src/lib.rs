@@ -1,0 +1,89 @@
+//! Warden: an OpenAI-compatible gateway that guards, grounds and streams every chat request.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file, `WARDEN_...` overrides, strict validation, secrets by reference.
+//! - [`routes`]: the list of paths; [`handlers`]: thin handlers behind them.
+//! - [`pipeline`]: the stages of a chat request, in order, in one place.
+//! - [`backends`]: Ollama and OpenAI-compatible backends (one file each) and the [`backends::pool`]
+//!   that balances and fails over between them.
+//! - [`relay`]: upstream chunks → OpenAI SSE events.
+//! - [`error`]: the one error type and its OpenAI envelope.
+//! - [`request_id`]: `x-request-id` on every response, upstream request and log line.
+//! - [`cli`]: the `warden` command.
+//!
+//! # Layers
+//!
+//! [`build_app`] wraps the routes in, from the outside in: the request-id middleware (id,
+//! span, access log), the body limit (413 past `server.max_body_bytes`), and the state.
+
+pub mod backends;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod pipeline;
+pub mod relay;
+pub mod request_id;
+pub mod routes;
+pub mod state;
+pub mod telemetry;
+pub mod types;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::extract::BodyLimit;
+pub use crate::state::AppState;
+
+/// The whole HTTP application, ready to serve or to drive in tests with `oneshot`.
+pub fn build_app(state: AppState) -> Router {
+    let body_limit = state.config.server.max_body_bytes;
+    routes::routes()
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(BodyLimit(body_limit)))
+        .layer(axum::middleware::from_fn(request_id::middleware))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled, then stops accepting and lets requests in flight
+/// (streams included) finish for up to `server.shutdown_grace`.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let grace = state.config.server.shutdown_grace;
+    let app = build_app(state);
+    let listener = listener.tap_io(|stream| {
+        // Small SSE frames must not wait for Nagle's algorithm.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+    });
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: draining requests in flight"
+        );
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => {
+            tracing::info!("all connections closed");
+            result
+        }
+        () = drain_deadline => {
+            tracing::warn!("drain deadline passed; closing the remaining connections");
+            Ok(())
+        }
+    }
+}

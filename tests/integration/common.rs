@@ -1,0 +1,155 @@
+//! Starting Warden in-process against fake upstreams, and reading its answers.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio_util::sync::CancellationToken;
+use warden::AppState;
+use warden::config::{Config, MapEnv};
+
+use crate::fake_upstream::{FakeUpstream, Flavor};
+
+pub struct Warden {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Warden {
+    pub async fn start(config_text: &str) -> Warden {
+        Self::start_with_env(config_text, MapEnv::default()).await
+    }
+
+    pub async fn start_with_env(config_text: &str, env: MapEnv) -> Warden {
+        let config = Config::parse(config_text, Path::new("test.toml"), &env)
+            .unwrap_or_else(|err| panic!("test config: {err}"));
+        let state = AppState::new(config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(warden::serve(state, listener, shutdown.clone()));
+        Warden {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        client()
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        client().get(self.url(path)).send().await.unwrap()
+    }
+}
+
+impl Drop for Warden {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// A config with one model `llama3.2` served by the given upstreams, in order.
+pub fn config_for(upstreams: &[&FakeUpstream], extra: &str) -> String {
+    let mut text = String::from(
+        "[server]\nlisten = \"127.0.0.1:0\"\nsse_keep_alive_ms = 60000\nshutdown_grace_ms = 5000\n",
+    );
+    text.push_str(extra);
+    text.push('\n');
+    let mut targets = Vec::new();
+    for (i, upstream) in upstreams.iter().enumerate() {
+        let (kind, model) = match upstream.state.flavor {
+            Flavor::Ollama => ("ollama", "llama3.2:1b"),
+            Flavor::OpenAi => ("openai", "llama3.2"),
+        };
+        text.push_str(&format!(
+            "[backends.b{i}]\nkind = \"{kind}\"\nbase_url = \"{}\"\ndown_for_ms = 60000\n[backends.b{i}.timeouts]\nfirst_token_ms = 2000\nidle_ms = 2000\ntotal_ms = 10000\n",
+            upstream.base_url()
+        ));
+        targets.push(format!("{{ backend = \"b{i}\", model = \"{model}\" }}"));
+    }
+    text.push_str(&format!(
+        "[[models]]\nid = \"llama3.2\"\nbalance = \"round_robin\"\ntargets = [{}]\n",
+        targets.join(", ")
+    ));
+    text
+}
+
+/// Starts one fake upstream and a Warden in front of it.
+pub async fn single(flavor: Flavor) -> (FakeUpstream, Warden) {
+    let upstream = FakeUpstream::start(flavor).await;
+    let warden = Warden::start(&config_for(&[&upstream], "")).await;
+    (upstream, warden)
+}
+
+pub fn chat_body(stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+        "stream": stream,
+    })
+}
+
+/// The `data:` payloads of an SSE body, in order, with comments noted as `:`.
+pub fn sse_data(body: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for event in body.split("\n\n") {
+        let mut data = Vec::new();
+        for line in event.lines() {
+            if let Some(rest) = line.strip_prefix("data:") {
+                data.push(rest.strip_prefix(' ').unwrap_or(rest).to_owned());
+            } else if line.starts_with(':') {
+                out.push(":".to_owned());
+            }
+        }
+        if !data.is_empty() {
+            out.push(data.join("\n"));
+        }
+    }
+    out
+}
+
+/// The JSON chunks of an SSE body (everything but `[DONE]` and comments).
+pub fn sse_chunks(body: &str) -> Vec<serde_json::Value> {
+    sse_data(body)
+        .into_iter()
+        .filter(|d| d != "[DONE]" && d != ":")
+        .map(|d| serde_json::from_str(&d).unwrap_or_else(|e| panic!("bad chunk {d}: {e}")))
+        .collect()
+}
+
+/// The text of all content deltas.
+pub fn streamed_text(chunks: &[serde_json::Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+/// The text of all content pieces of a fixture.
+pub fn fixture_text(name: &str) -> String {
+    let text = crate::fake_upstream::fixture(name);
+    if name.ends_with(".ndjson") {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["message"]["content"].as_str().map(str::to_owned))
+            .collect()
+    } else {
+        streamed_text(&sse_chunks(&text))
+    }
+}

@@ -1,0 +1,155 @@
+use std::path::Path;
+use warden::config::{Config, ConfigError, MapEnv};
+
+const VALID: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[backends.local-ollama]
+kind = "ollama"
+base_url = "http://127.0.0.1:11434"
+
+[backends.vllm]
+kind = "openai"
+base_url = "http://127.0.0.1:8000/v1"
+api_key = "env:VLLM_API_KEY"
+
+[[models]]
+id = "llama3.2"
+targets = [{ backend = "local-ollama", model = "llama3.2:1b" }, { backend = "vllm", model = "meta-llama/Llama-3.2-1B-Instruct" }]
+"#;
+
+fn env() -> MapEnv {
+    MapEnv::default().with("VLLM_API_KEY", "sk-test-secret-value")
+}
+
+fn parse(text: &str, env: &MapEnv) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("config/warden.toml"), env)
+}
+
+fn error(text: &str) -> ConfigError {
+    parse(text, &env()).expect_err("config should be rejected")
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/warden.toml");
+    let config = Config::load(&path, &MapEnv::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!config.models.is_empty());
+}
+
+#[test]
+fn a_valid_config_resolves_secrets_without_showing_them() {
+    let config = parse(VALID, &env()).unwrap();
+    let vllm = config.backends.iter().find(|b| b.name == "vllm").unwrap();
+    assert_eq!(
+        vllm.api_key.as_ref().unwrap().expose(),
+        "sk-test-secret-value"
+    );
+    assert!(!format!("{config:?}").contains("sk-test-secret-value"));
+    let printed = config.effective_toml().unwrap();
+    assert!(printed.contains("env:VLLM_API_KEY"));
+    assert!(!printed.contains("sk-test-secret-value"));
+    assert_eq!(config.models[0].targets.len(), 2);
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_path() {
+    let err = error(&VALID.replace("kind = \"ollama\"", "kind = \"ollama\"\nbase_ulr = \"x\""));
+    assert_eq!(err.key.as_deref(), Some("backends.local-ollama.base_ulr"));
+    let text = err.to_string();
+    assert!(
+        text.starts_with("config/warden.toml: backends.local-ollama.base_ulr: unknown field"),
+        "{text}"
+    );
+    let err = error(&format!("{VALID}\n[surprise]\nx = 1\n"));
+    assert_eq!(err.key.as_deref(), Some("surprise"));
+}
+
+#[test]
+fn a_wrong_type_is_named_with_its_path() {
+    let err = error(&VALID.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nmax_body_bytes = \"big\"",
+    ));
+    assert_eq!(err.key.as_deref(), Some("server.max_body_bytes"));
+    assert!(err.message.contains("invalid type"), "{err}");
+    let err = error(&VALID.replace("kind = \"openai\"", "kind = \"gemini\""));
+    assert_eq!(err.key.as_deref(), Some("backends.vllm.kind"));
+}
+
+#[test]
+fn bad_urls_addresses_and_references_are_rejected() {
+    let err = error(&VALID.replace("http://127.0.0.1:11434", "127.0.0.1:11434"));
+    assert_eq!(err.key.as_deref(), Some("backends.local-ollama.base_url"));
+    let err = error(&VALID.replace("http://127.0.0.1:11434", "ftp://host"));
+    assert_eq!(err.key.as_deref(), Some("backends.local-ollama.base_url"));
+    let err = error(&VALID.replace("127.0.0.1:8080", "localhost"));
+    assert_eq!(err.key.as_deref(), Some("server.listen"));
+    let err = error(&VALID.replace("backend = \"vllm\"", "backend = \"vlm\""));
+    assert_eq!(err.key.as_deref(), Some("models[0].targets[1].backend"));
+    assert!(err.message.contains("unknown backend `vlm`"));
+}
+
+#[test]
+fn secrets_must_be_references_to_set_variables() {
+    let err = error(&VALID.replace("env:VLLM_API_KEY", "sk-inline-key"));
+    assert_eq!(err.key.as_deref(), Some("backends.vllm.api_key"));
+    assert!(
+        !err.to_string().contains("sk-inline-key"),
+        "the error must not echo a secret"
+    );
+    let err = parse(VALID, &MapEnv::default()).unwrap_err();
+    assert!(err.message.contains("VLLM_API_KEY"));
+    assert!(err.message.contains("not set"));
+}
+
+#[test]
+fn invalid_toml_names_the_line() {
+    let err = error("[server]\nlisten = \"127.0.0.1:8080\"\nmax_body_bytes = = 3\n");
+    assert!(err.message.contains("line 3"), "{err}");
+}
+
+#[test]
+fn environment_overrides_apply_and_are_named_in_errors() {
+    let env = env().with("WARDEN_SERVER__LISTEN", "0.0.0.0:9999").with(
+        "WARDEN_BACKENDS__LOCAL_OLLAMA__TIMEOUTS__FIRST_TOKEN_MS",
+        "1234",
+    );
+    let config = parse(VALID, &env).unwrap();
+    assert_eq!(config.server.listen.to_string(), "0.0.0.0:9999");
+    let ollama = config
+        .backends
+        .iter()
+        .find(|b| b.name == "local-ollama")
+        .unwrap();
+    assert_eq!(ollama.timeouts.first_token.as_millis(), 1234);
+
+    let env = env.with("WARDEN_SERVER__LISTEN", "nowhere");
+    let err = parse(VALID, &env).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("server.listen"));
+    assert_eq!(err.set_by.as_deref(), Some("WARDEN_SERVER__LISTEN"));
+    assert!(
+        err.to_string()
+            .contains("set by environment variable WARDEN_SERVER__LISTEN")
+    );
+
+    let env = MapEnv::default()
+        .with("VLLM_API_KEY", "x")
+        .with("WARDEN_SERVER__LISTN", "0.0.0.0:1");
+    let err = parse(VALID, &env).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("server.listn"));
+}
+
+#[test]
+fn models_must_be_unique_and_served() {
+    let err = error(&format!(
+        "{VALID}\n[[models]]\nid = \"llama3.2\"\ntargets = [{{ backend = \"vllm\", model = \"x\" }}]\n"
+    ));
+    assert_eq!(err.key.as_deref(), Some("models[1].id"));
+    let err = error(&VALID.replace(
+        "targets = [{ backend = \"local-ollama\", model = \"llama3.2:1b\" }, { backend = \"vllm\", model = \"meta-llama/Llama-3.2-1B-Instruct\" }]",
+        "targets = []",
+    ));
+    assert_eq!(err.key.as_deref(), Some("models[0].targets"));
+}

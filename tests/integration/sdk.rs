@@ -1,0 +1,44 @@
+//! The official `openai` Python SDK against Warden: the real client that users point at it.
+//! Needs the project's Python environment; `make test` provides it and runs this test.
+
+use std::process::Command;
+
+use crate::common::*;
+use crate::fake_upstream::{FakeUpstream, Flavor};
+
+#[tokio::test]
+#[ignore = "needs the Python venv with the openai SDK (OPENAI_SDK_PYTHON); `make test` runs it"]
+async fn the_openai_python_sdk_works_against_warden() {
+    let python = std::env::var("OPENAI_SDK_PYTHON")
+        .expect("OPENAI_SDK_PYTHON must point at the venv's python");
+    let ollama = FakeUpstream::start(Flavor::Ollama).await;
+    let openai = FakeUpstream::start(Flavor::OpenAi).await;
+    let config = format!(
+        "[backends.local]\nkind = \"ollama\"\nbase_url = \"{}\"\n\
+         [backends.vllm]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         [[models]]\nid = \"llama3.2\"\ntargets = [{{ backend = \"local\", model = \"llama3.2:1b\" }}]\n\
+         [[models]]\nid = \"llama3.2-vllm\"\ntargets = [{{ backend = \"vllm\", model = \"llama3.2\" }}]\n",
+        ollama.base_url(),
+        openai.base_url()
+    );
+    let warden = Warden::start(&config).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_openai_sdk.py");
+    let expected = fixture_text("ollama/chat_stream.ndjson");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script])
+            .env("WARDEN_BASE_URL", format!("http://{}/v1", warden.addr))
+            .env("WARDEN_EXPECTED_TEXT", expected)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "SDK tests failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("passed"), "{stdout}");
+}

@@ -1,0 +1,82 @@
+"""The official OpenAI Python SDK against a running Warden.
+
+Started by the Rust test `sdk::the_openai_python_sdk_works_against_warden`, which runs Warden
+in front of fake upstreams and passes WARDEN_BASE_URL and WARDEN_EXPECTED_TEXT.
+"""
+
+import os
+
+import openai
+import pytest
+
+BASE_URL = os.environ["WARDEN_BASE_URL"]
+EXPECTED = os.environ["WARDEN_EXPECTED_TEXT"]
+QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
+
+
+@pytest.fixture(scope="module")
+def client():
+    return openai.OpenAI(base_url=BASE_URL, api_key="unused", max_retries=0, timeout=10)
+
+
+def test_models_list(client):
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["llama3.2", "llama3.2-vllm"]
+    assert client.models.retrieve("llama3.2").id == "llama3.2"
+
+
+def test_chat_non_streaming(client):
+    completion = client.chat.completions.create(model="llama3.2", messages=QUESTION)
+    assert completion.object == "chat.completion"
+    assert completion.model == "llama3.2"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+
+
+def test_chat_streaming_with_usage(client):
+    stream = client.chat.completions.create(
+        model="llama3.2", messages=QUESTION, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == EXPECTED
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_chat_streaming_without_usage(client):
+    chunks = list(client.chat.completions.create(model="llama3.2-vllm", messages=QUESTION, stream=True))
+    assert all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks)
+
+
+def test_warden_options_go_in_extra_body(client):
+    completion = client.chat.completions.create(model="llama3.2", messages=QUESTION, extra_body={"warden": {}})
+    assert completion.choices[0].message.content
+
+
+def test_unknown_model_raises_not_found(client):
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="gpt-unknown", messages=QUESTION)
+    assert raised.value.code == "model_not_found"
+    assert raised.value.response.headers["x-request-id"]
+
+
+def test_bad_request_raises_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="llama3.2", messages=[])
+    assert raised.value.param == "messages"
+
+
+def test_tool_call_streaming_is_parsed(client):
+    # The vLLM-style backend replays its default stream; the SDK must accept every chunk shape.
+    stream = client.chat.completions.create(
+        model="llama3.2-vllm",
+        messages=QUESTION,
+        stream=True,
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    )
+    assert sum(1 for _ in stream) > 1
