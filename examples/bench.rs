@@ -3,8 +3,8 @@
 //! `make bench` (or `cargo run --release --example bench`) starts, as separate processes, a fake
 //! OpenAI-compatible upstream (this program with `upstream PORT`) and the release `warden`
 //! binary in front of it, then drives both with an open-loop load generator: requests are sent
-//! on a fixed schedule whatever the latency, and latency is counted from the scheduled time, so
-//! a stall shows up in the percentiles instead of hiding. It prints:
+//! on a fixed schedule whatever the latency (the table shows how late the generator sent
+//! them: the send lag), and latency is counted from the send. It prints:
 //!
 //! - non-streaming latency p50/p90/p99/max at fixed rates, direct and through Warden, and the
 //!   difference (Warden's overhead);
@@ -195,13 +195,13 @@ async fn orchestrate() {
     println!();
     println!("machine: {cores} cores; fake upstream, warden and load generator share them");
     println!(
-        "open loop, latency from the scheduled send time, {seconds} s per run after a 1 s warm-up"
+        "open loop (requests leave on a fixed schedule), latency from the send, {seconds} s per run after a 1 s warm-up"
     );
     println!();
     println!("## Non-streaming: latency (ms) and Warden's overhead");
     println!();
-    println!("| rate (req/s) | path | ok | errors | p50 | p90 | p99 | max |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| rate (req/s) | path | ok | errors | send lag p99 | p50 | p90 | p99 | max |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(4096)
@@ -286,14 +286,17 @@ fn env_or(name: &str, default: u64) -> u64 {
 #[derive(Default)]
 struct Run {
     latencies: Vec<f64>,
+    /// How late each request left against its schedule (the generator keeping up).
+    lag: Vec<f64>,
     errors: usize,
 }
 
 fn print_row(rate: u64, path: &str, run: &Run) {
     println!(
-        "| {rate} | {path} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+        "| {rate} | {path} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
         run.latencies.len(),
         run.errors,
+        pct(&run.lag, 99.0),
         pct(&run.latencies, 50.0),
         pct(&run.latencies, 90.0),
         pct(&run.latencies, 99.0),
@@ -330,6 +333,7 @@ async fn open_loop(
         let url = url.to_owned();
         let body = body.clone();
         tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
             let result = client
                 .post(url)
                 .header("content-type", "application/json")
@@ -339,7 +343,10 @@ async fn open_loop(
             match result {
                 Ok(response) if response.status().is_success() => {
                     let _ = response.bytes().await;
-                    Ok(scheduled.elapsed().as_secs_f64() * 1000.0)
+                    Ok((
+                        sent.elapsed().as_secs_f64() * 1000.0,
+                        (sent - scheduled).as_secs_f64() * 1000.0,
+                    ))
                 }
                 _ => Err(()),
             }
@@ -348,7 +355,10 @@ async fn open_loop(
     let mut run = Run::default();
     for task in tasks {
         match task.await.unwrap() {
-            Ok(ms) => run.latencies.push(ms),
+            Ok((ms, lag)) => {
+                run.latencies.push(ms);
+                run.lag.push(lag);
+            }
             Err(()) => run.errors += 1,
         }
     }
@@ -379,9 +389,9 @@ async fn streams(
         let client = client.clone();
         let url = url.to_owned();
         let body = body.clone();
-        tasks.push(tokio::spawn(async move {
-            one_stream(client, url, body, scheduled).await
-        }));
+        tasks.push(tokio::spawn(
+            async move { one_stream(client, url, body).await },
+        ));
     }
     let mut run = StreamRun::default();
     for task in tasks {
@@ -400,8 +410,8 @@ async fn one_stream(
     client: reqwest::Client,
     url: String,
     body: Arc<String>,
-    scheduled: Instant,
 ) -> Option<(f64, Vec<f64>)> {
+    let sent = Instant::now();
     let response = client
         .post(url)
         .header("content-type", "application/json")
@@ -420,7 +430,7 @@ async fn one_stream(
     while let Some(chunk) = bytes.next().await {
         let chunk = chunk.ok()?;
         let arrived = wall_nanos();
-        ttfb.get_or_insert_with(|| scheduled.elapsed().as_secs_f64() * 1000.0);
+        ttfb.get_or_insert_with(|| sent.elapsed().as_secs_f64() * 1000.0);
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let event: String = buffer.drain(..end + 2).collect();
