@@ -26,6 +26,35 @@ pub enum Command {
     Serve(ConfigArg),
     /// Validate the configuration and print it with overrides applied and secrets masked.
     CheckConfig(ConfigArg),
+    /// Safety policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Classify a text with the configured guard and a policy, and print the verdict.
+    Guard(GuardArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files; each error names the file, the line and the key.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GuardArgs {
+    /// The text to classify.
+    pub text: String,
+    /// The policy to apply (a file name in the policies folder, without `.toml`); default: the
+    /// configured default policy.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Judge the text as a model's answer (`Agent`) instead of a user's message.
+    #[arg(long)]
+    pub as_output: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -43,7 +72,113 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig(arg) => check_config(&arg.config),
         Command::Serve(arg) => serve(&arg.config),
+        Command::Policy(PolicyCommand::Check { paths }) => policy_check(&paths),
+        Command::Guard(args) => guard(&args),
     }
+}
+
+/// Exit status when the guard could not be reached (sysexits' EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+fn policy_check(paths: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    for path in paths {
+        match crate::guard::policy::Policy::load(path) {
+            Ok(policy) => {
+                let checked: Vec<&str> =
+                    policy.prompt_categories().map(|c| c.id.as_str()).collect();
+                let _ = writeln!(
+                    out,
+                    "ok: {} (policy `{}`, version {}, checks {} categories: {})",
+                    path.display(),
+                    policy.name,
+                    policy.version,
+                    checked.len(),
+                    checked.join(", ")
+                );
+            }
+            Err(err) => {
+                failed = true;
+                report(&err.to_string());
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn guard(args: &GuardArgs) -> ExitCode {
+    let config = match Config::load(&args.config.config, &ProcessEnv) {
+        Ok(config) => config,
+        Err(err) => {
+            report(&err.to_string());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            report(&format!("cannot start the async runtime: {err}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let state = match AppState::new(config) {
+            Ok(state) => state,
+            Err(err) => {
+                report(&err);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let Some(guard) = state.guard else {
+            report("the config has no [guard] section");
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        let policy = match &args.policy {
+            Some(name) => guard.policy_by_name(name),
+            None => guard.default_policy(),
+        };
+        let Some(policy) = policy else {
+            report(&format!(
+                "no policy `{}` (found: {})",
+                args.policy.as_deref().unwrap_or_default(),
+                guard.policy_names().join(", ")
+            ));
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        let request_id = crate::request_id::generate();
+        let judgement = if args.as_output {
+            guard
+                .check_output(&policy, &[], &args.text, &request_id)
+                .await
+        } else {
+            guard
+                .check_texts(&policy, std::slice::from_ref(&args.text), &request_id)
+                .await
+                .pop()
+                .unwrap_or_default()
+        };
+        let decision = judgement.decide(&policy);
+        let verdict = serde_json::json!({
+            "verdict": decision.label(),
+            "categories": judgement.categories(),
+            "policy": policy.name,
+            "failure": judgement.failure,
+        });
+        let _ = writeln!(std::io::stdout().lock(), "{verdict}");
+        if judgement.failure.is_some() && judgement.blocked.is_empty() {
+            ExitCode::from(EXIT_UNAVAILABLE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
 }
 
 fn report(message: &str) {
@@ -116,9 +251,42 @@ async fn run(config: Config) -> Result<(), String> {
         wait_for_signal().await;
         signals.cancel();
     });
+    let reload_task = state
+        .guard
+        .clone()
+        .map(|guard| tokio::spawn(reload_on_hangup(guard)));
     let result = crate::serve(state, listener, shutdown).await;
     signal_task.abort();
+    if let Some(task) = reload_task {
+        task.abort();
+    }
     result.map_err(|err| format!("server error: {err}"))
+}
+
+/// SIGHUP re-reads the policies; a folder that does not validate keeps the policies in force.
+async fn reload_on_hangup(guard: std::sync::Arc<crate::guard::Guard>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: policies will not be reloaded");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match guard.reload() {
+                Ok(count) => {
+                    tracing::info!(policies = count, names = ?guard.policy_names(), "policies reloaded")
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "policy reload failed; keeping the policies in force")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = guard;
+    }
 }
 
 async fn wait_for_signal() {

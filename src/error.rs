@@ -32,6 +32,8 @@ pub enum ApiError {
     Upstream(#[from] UpstreamError),
     #[error("{message}")]
     Unavailable { message: String, code: &'static str },
+    #[error("The request was blocked by the safety policy (categories: {}).", categories.join(", "))]
+    ContentFilter { categories: Vec<String> },
     /// Our own bug or an unexpected condition; `detail` is logged, never sent.
     #[error("internal error")]
     Internal { detail: String },
@@ -63,7 +65,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest { .. } | ApiError::ContentFilter { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::ModelNotFound { .. } | ApiError::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
@@ -83,6 +87,12 @@ impl ApiError {
                 "invalid_request_error",
                 param.clone(),
                 code.map(str::to_owned),
+                self.to_string(),
+            ),
+            ApiError::ContentFilter { .. } => (
+                "invalid_request_error",
+                Some("messages".to_owned()),
+                Some("content_filter".to_owned()),
                 self.to_string(),
             ),
             ApiError::PayloadTooLarge { .. } => (

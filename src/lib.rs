@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod handlers;
 pub mod pipeline;
 pub mod relay;

@@ -4,66 +4,314 @@
 //! 1. **parse + validate** — the [`JsonBody`](crate::extract::JsonBody) extractor and
 //!    [`validate`]: malformed JSON or a bad field is a 400 naming the field, a body over the
 //!    limit a 413.
-//! 2. **resolve the model** — the client-facing id to its route of backends: 404
-//!    `model_not_found` when unknown.
-//! 3. **pre-dispatch checks** — the input guard and retrieval run here, concurrently, and
-//!    nothing is sent upstream before both are done (they arrive with the guard and
-//!    retrieval issues; today this stage strips Warden's own `warden` options only).
+//! 2. **resolve the model** — the client-facing id to its route of backends and its safety
+//!    policy: 404 `model_not_found` when unknown.
+//! 3. **pre-dispatch checks** — the input guard judges every turn the model will see (every
+//!    role, every text part, tool calls and tool results); a block ends the request here with
+//!    the policy's refusal, and nothing is sent upstream. (Retrieval joins this stage, running
+//!    concurrently with the input guard, with the grounding issue.)
 //! 4. **dispatch** — [`Pool`](crate::backends::pool::Pool) picks a backend, fails over before
 //!    the first byte, and waits for the first chunk so that an early failure is a real HTTP
 //!    error.
-//! 5. **relay** — [`relay`](crate::relay) turns upstream chunks into OpenAI SSE events (the
-//!    output guard sits between the two), or returns the whole completion.
+//! 5. **relay** — [`relay`](crate::relay) turns upstream chunks into OpenAI SSE events with the
+//!    output guard between the two (buffered: nothing is released before it was judged), or
+//!    judges the whole completion before returning it.
 //!
 //! No task is spawned per request: the response body pulls from the upstream stream, so
-//! backpressure is natural and a client that goes away drops the upstream request with it.
+//! backpressure is natural and a client that goes away drops the upstream request and any
+//! guard call in flight with it.
 
 use axum::Json;
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::sync::Arc;
 
 use crate::error::ApiError;
-use crate::relay::{self, StreamIdentity};
+use crate::guard::output::OutputModerator;
+use crate::guard::policy::{BlockStyle, Policy};
+use crate::guard::{Decision, UNGUARDED_FIELDS, request_turns};
+use crate::relay::{self, RelayOptions, StreamIdentity};
 use crate::request_id;
 use crate::state::{AppState, unix_now};
-use crate::types::{ChatRequest, MessageContent};
+use crate::types::{AssistantMessage, ChatCompletion, ChatRequest, Choice, MessageContent, Usage};
+
+pub const GUARD_HEADER: &str = "x-warden-guard";
+
+/// What the guard decided about a request, for the `warden` object and `x-warden-guard`.
+#[derive(Debug, Clone, Default)]
+pub struct GuardNote {
+    pub policy: String,
+    pub input: Option<(Decision, Vec<String>)>,
+    pub output: Option<(Decision, Vec<String>)>,
+}
+
+impl GuardNote {
+    fn part(name: &str, value: &Option<(Decision, Vec<String>)>) -> Option<String> {
+        value.as_ref().map(|(decision, categories)| {
+            if categories.is_empty() {
+                format!("{name}={}", decision.label())
+            } else {
+                format!("{name}={}({})", decision.label(), categories.join(","))
+            }
+        })
+    }
+
+    /// `input=flagged(S6); output=safe`
+    pub fn header(&self) -> Option<HeaderValue> {
+        let parts: Vec<String> = [
+            Self::part("input", &self.input),
+            Self::part("output", &self.output),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!parts.is_empty())
+            .then(|| HeaderValue::from_str(&parts.join("; ")).ok())
+            .flatten()
+    }
+
+    /// The `warden` object of response bodies and chunks.
+    pub fn json(&self) -> Value {
+        let verdict = |value: &Option<(Decision, Vec<String>)>| {
+            value
+                .as_ref()
+                .map(|(d, c)| json!({"verdict": d.label(), "categories": c}))
+        };
+        let mut guard = serde_json::Map::new();
+        guard.insert("policy".to_owned(), json!(self.policy));
+        if let Some(v) = verdict(&self.input) {
+            guard.insert("input".to_owned(), v);
+        }
+        if let Some(v) = verdict(&self.output) {
+            guard.insert("output".to_owned(), v);
+        }
+        json!({"guard": guard})
+    }
+}
 
 pub async fn chat(state: AppState, mut request: ChatRequest) -> Result<Response, ApiError> {
     // 1. parse + validate
     validate(&request)?;
 
-    // 2. resolve the model
+    // 2. resolve the model and its policy
     let route = state
         .pool
         .route(&request.model)
         .ok_or_else(|| ApiError::ModelNotFound {
             model: request.model.clone(),
         })?;
+    let request_id = request_id::current();
+    let identity = StreamIdentity::new(&route.id);
+    let include_usage = request.wants_usage_chunk();
+    let guarded = match &state.guard {
+        None => None,
+        Some(guard) => {
+            let policy = guard
+                .policy_for(&route.id)
+                .ok_or_else(|| ApiError::Internal {
+                    detail: format!("no policy for model `{}`", route.id),
+                })?;
+            Some((guard.clone(), policy))
+        }
+    };
 
     // 3. pre-dispatch checks
     request.warden = None;
+    let mut note = GuardNote::default();
+    if let Some((guard, policy)) = &guarded {
+        note.policy = policy.name.clone();
+        if policy.check_input {
+            if let Some(field) = UNGUARDED_FIELDS
+                .iter()
+                .find(|f| request.extra.contains_key(**f))
+            {
+                return Err(ApiError::invalid(
+                    format!(
+                        "`{field}` carries text the safety guard cannot check, so it is not accepted while input moderation is on"
+                    ),
+                    Some((*field).to_owned()),
+                ));
+            }
+            let judgement = guard.check_input(policy, &request, &request_id).await;
+            let decision = judgement.decide(policy);
+            let categories = judgement.categories();
+            log_decision(
+                "input",
+                policy,
+                decision,
+                &categories,
+                judgement.failure.as_deref(),
+            );
+            note.input = Some((decision, categories.clone()));
+            match decision {
+                Decision::Blocked => {
+                    return Ok(refuse(
+                        policy,
+                        &note,
+                        identity,
+                        request.is_stream(),
+                        include_usage,
+                    ));
+                }
+                Decision::Unavailable => {
+                    return Err(guard_unavailable());
+                }
+                _ => {}
+            }
+        }
+    }
+    let moderator = guarded.as_ref().and_then(|(guard, policy)| {
+        policy.check_output.then(|| {
+            OutputModerator::new(
+                guard.clone(),
+                policy.clone(),
+                request_turns(&request),
+                request_id.clone(),
+            )
+        })
+    });
 
     // 4. dispatch, and 5. relay
-    let request_id = request_id::current();
-    let identity = StreamIdentity::new(&route.id);
     if request.is_stream() {
-        let include_usage = request.wants_usage_chunk();
         let started = state.pool.stream(&route, request, &request_id).await?;
         tracing::debug!(backend = %started.backend, "stream started");
-        Ok(relay::sse(
+        let header = note.header();
+        let mut response = relay::sse(
             started,
-            identity,
-            include_usage,
-            request_id,
-            state.config.server.sse_keep_alive,
-        ))
+            RelayOptions {
+                identity,
+                include_usage,
+                request_id,
+                keep_alive: state.config.server.sse_keep_alive,
+                moderator,
+                note: guarded.is_some().then_some(note),
+            },
+        );
+        if let Some(header) = header {
+            response.headers_mut().insert(GUARD_HEADER, header);
+        }
+        Ok(response)
     } else {
         let (mut completion, backend) = state.pool.complete(&route, request, &request_id).await?;
         tracing::debug!(%backend, "completion received");
         completion.id = identity.id;
         completion.created = identity.created;
         completion.model = identity.model;
-        Ok(Json(completion).into_response())
+        if let Some(mut moderator) = moderator {
+            for choice in &completion.choices {
+                if let Some(content) = &choice.message.content {
+                    moderator.push(content);
+                }
+                for call in choice.message.tool_calls.iter().flatten() {
+                    moderator.push(&format!(
+                        "\n{}({})",
+                        call.function.name, call.function.arguments
+                    ));
+                }
+            }
+            let decision = moderator.check_rest().await;
+            let categories = moderator.judgement.categories();
+            note.output = Some((decision, categories));
+            match decision {
+                Decision::Unavailable => return Err(guard_unavailable()),
+                Decision::Blocked => {
+                    for choice in &mut completion.choices {
+                        choice.message.content = Some(moderator.policy.refusal.clone());
+                        choice.message.tool_calls = None;
+                        choice.finish_reason = Some("content_filter".to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if guarded.is_some() {
+            completion.extra.insert("warden".to_owned(), note.json());
+        }
+        let mut response = Json(completion).into_response();
+        if let Some(header) = note.header() {
+            response.headers_mut().insert(GUARD_HEADER, header);
+        }
+        Ok(response)
     }
+}
+
+fn guard_unavailable() -> ApiError {
+    ApiError::Unavailable {
+        message: "the safety guard is unavailable and the policy fails closed; try again later"
+            .to_owned(),
+        code: "guard_unavailable",
+    }
+}
+
+fn log_decision(
+    turn: &str,
+    policy: &Policy,
+    decision: Decision,
+    categories: &[String],
+    failure: Option<&str>,
+) {
+    match decision {
+        Decision::Safe => tracing::debug!(turn, policy = %policy.name, "guard: safe"),
+        Decision::Flagged => {
+            tracing::info!(turn, policy = %policy.name, ?categories, "guard: flagged")
+        }
+        Decision::Blocked => {
+            tracing::warn!(turn, policy = %policy.name, ?categories, "guard: blocked")
+        }
+        Decision::Unavailable | Decision::Unverified => {
+            tracing::warn!(turn, policy = %policy.name, verdict = decision.label(), failure, "guard: no verdict")
+        }
+    }
+}
+
+/// The answer to a blocked request: the policy's refusal as an assistant message with
+/// `finish_reason: "content_filter"` (streamed or not), or a 400 with code `content_filter`.
+fn refuse(
+    policy: &Arc<Policy>,
+    note: &GuardNote,
+    identity: StreamIdentity,
+    stream: bool,
+    include_usage: bool,
+) -> Response {
+    let categories = note
+        .input
+        .as_ref()
+        .map(|(_, c)| c.clone())
+        .unwrap_or_default();
+    let mut response = match policy.on_block {
+        BlockStyle::Error => ApiError::ContentFilter { categories }.into_response(),
+        BlockStyle::Refusal if stream => {
+            relay::refusal_sse(identity, &policy.refusal, note.json(), include_usage)
+        }
+        BlockStyle::Refusal => {
+            let mut completion = ChatCompletion {
+                id: identity.id,
+                object: "chat.completion".to_owned(),
+                created: identity.created,
+                model: identity.model,
+                choices: vec![Choice {
+                    index: 0,
+                    message: AssistantMessage {
+                        role: "assistant".to_owned(),
+                        content: Some(policy.refusal.clone()),
+                        tool_calls: None,
+                        extra: Default::default(),
+                    },
+                    finish_reason: Some("content_filter".to_owned()),
+                    extra: Default::default(),
+                }],
+                usage: Some(Usage::default()),
+                extra: Default::default(),
+            };
+            completion.extra.insert("warden".to_owned(), note.json());
+            Json(completion).into_response()
+        }
+    };
+    if let Some(header) = note.header() {
+        response.headers_mut().insert(GUARD_HEADER, header);
+    }
+    response
 }
 
 /// Checks that serde cannot express, with OpenAI's wording where it has one.

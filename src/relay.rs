@@ -1,22 +1,36 @@
-//! Upstream chunks → OpenAI SSE events for the client.
+//! Upstream chunks → OpenAI SSE events for the client, with the output guard in between.
 //!
 //! What the OpenAI SDKs rely on, and this module guarantees: every chunk carries the same
 //! `id`, `created` and (client-facing) `model`; usage is sent once, as a chunk with
 //! `choices: []` just before `[DONE]`, and only when the client asked with
 //! `stream_options.include_usage`; keep-alives are SSE comments; an error after the stream
 //! began is a `data: {"error": ...}` event followed by `data: [DONE]`.
+//!
+//! Output moderation, when the policy checks output:
+//! - `buffered`: chunks are held until the text they carry was judged safe, a window at a
+//!   time; at the end the rest is judged before anything else goes out.
+//! - `stream_first`: chunks go out at once, checks run beside the stream, and the last chunk
+//!   (the one with `finish_reason`) waits for the final check.
+//!
+//! On an unsafe verdict the stream ends with a chunk whose `finish_reason` is
+//! `content_filter`, then `[DONE]`, and the upstream request is dropped (cancelled).
 
 use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
+use serde_json::Value;
 use std::convert::Infallible;
 use std::time::Duration;
 
 use crate::backends::pool::StartedStream;
 use crate::backends::{ChunkStream, UpstreamError};
 use crate::error::ApiError;
-use crate::types::{ChatChunk, Usage, chunk_object};
+use crate::guard::Decision;
+use crate::guard::output::{CheckFuture, OutputModerator};
+use crate::guard::policy::StreamMode;
+use crate::pipeline::GuardNote;
+use crate::types::{ChatChunk, ChunkChoice, Delta, Usage, chunk_object};
 
 /// The id, creation time and model name shared by every chunk of one response.
 #[derive(Debug, Clone)]
@@ -26,20 +40,25 @@ pub struct StreamIdentity {
     pub model: String,
 }
 
-pub fn sse(
-    started: StartedStream,
-    identity: StreamIdentity,
-    include_usage: bool,
-    request_id: String,
-    keep_alive: Duration,
-) -> Response {
-    let events = events(
-        started.first,
-        started.rest,
-        identity,
-        include_usage,
-        request_id,
-    );
+pub struct RelayOptions {
+    pub identity: StreamIdentity,
+    pub include_usage: bool,
+    pub request_id: String,
+    pub keep_alive: Duration,
+    pub moderator: Option<OutputModerator>,
+    /// The guard's notes, sent in the `warden` object of the first and last chunks.
+    pub note: Option<GuardNote>,
+}
+
+pub fn sse(started: StartedStream, options: RelayOptions) -> Response {
+    let keep_alive = options.keep_alive;
+    sse_response(events(started.first, started.rest, options), keep_alive)
+}
+
+fn sse_response<S>(events: S, keep_alive: Duration) -> Response
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(keep_alive))
         .into_response();
@@ -50,9 +69,74 @@ pub fn sse(
     response
 }
 
-enum Phase {
-    Relaying,
-    Done,
+/// A refused request, streamed: the refusal, a `content_filter` finish, usage if asked, `[DONE]`.
+pub fn refusal_sse(
+    identity: StreamIdentity,
+    refusal: &str,
+    warden: Value,
+    include_usage: bool,
+) -> Response {
+    let mut first = chunk(
+        &identity,
+        Delta {
+            role: Some("assistant".to_owned()),
+            content: Some(refusal.to_owned()),
+            ..Delta::default()
+        },
+        None,
+    );
+    first.extra.insert("warden".to_owned(), warden);
+    let mut events = vec![
+        json_event(&first),
+        json_event(&chunk(&identity, Delta::default(), Some("content_filter"))),
+    ];
+    if include_usage {
+        events.push(json_event(&usage_chunk(&identity, Usage::default())));
+    }
+    events.push(Event::default().data("[DONE]"));
+    sse_response(
+        futures_util::stream::iter(events.into_iter().map(Ok)),
+        Duration::from_secs(15),
+    )
+}
+
+fn chunk(identity: &StreamIdentity, delta: Delta, finish_reason: Option<&str>) -> ChatChunk {
+    ChatChunk {
+        id: identity.id.clone(),
+        object: chunk_object(),
+        created: identity.created,
+        model: identity.model.clone(),
+        choices: vec![ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason: finish_reason.map(str::to_owned),
+            extra: Default::default(),
+        }],
+        usage: None,
+        extra: Default::default(),
+    }
+}
+
+fn usage_chunk(identity: &StreamIdentity, usage: Usage) -> ChatChunk {
+    ChatChunk {
+        id: identity.id.clone(),
+        object: chunk_object(),
+        created: identity.created,
+        model: identity.model.clone(),
+        choices: Vec::new(),
+        usage: Some(usage),
+        extra: Default::default(),
+    }
+}
+
+struct Moderation {
+    moderator: OutputModerator,
+    mode: StreamMode,
+    /// Chunks not released yet: all of them in `buffered` mode, the finishing one in
+    /// `stream_first`.
+    held: Vec<ChatChunk>,
+    /// A `stream_first` check running beside the stream.
+    check: Option<CheckFuture>,
 }
 
 struct Relay {
@@ -62,95 +146,252 @@ struct Relay {
     include_usage: bool,
     usage: Option<Usage>,
     request_id: String,
-    phase: Phase,
+    note: Option<GuardNote>,
+    first_sent: bool,
+    moderation: Option<Moderation>,
+    done: bool,
+}
+
+enum Next {
+    Upstream(Option<Result<ChatChunk, UpstreamError>>),
+    Checked((crate::guard::Judgement, usize)),
 }
 
 /// The event stream: the first chunk (already received), the rest, then usage and `[DONE]`.
 pub fn events(
     first: ChatChunk,
     rest: ChunkStream,
-    identity: StreamIdentity,
-    include_usage: bool,
-    request_id: String,
+    options: RelayOptions,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    let moderation = options.moderator.map(|moderator| Moderation {
+        mode: moderator.policy.stream_mode,
+        moderator,
+        held: Vec::new(),
+        check: None,
+    });
     let relay = Relay {
         upstream: rest,
         pending: Some(first),
-        identity,
-        include_usage,
+        identity: options.identity,
+        include_usage: options.include_usage,
         usage: None,
-        request_id,
-        phase: Phase::Relaying,
+        request_id: options.request_id,
+        note: options.note,
+        first_sent: false,
+        moderation,
+        done: false,
     };
     futures_util::stream::unfold(relay, |mut relay| async move {
         loop {
-            if let Phase::Done = relay.phase {
+            if relay.done {
                 return None;
             }
-            let next = match relay.pending.take() {
-                Some(chunk) => Some(Ok(chunk)),
-                None => relay.upstream.next().await,
-            };
-            let events = match next {
-                Some(Ok(chunk)) => match relay.chunk_event(chunk) {
-                    Some(event) => vec![event],
-                    None => continue,
-                },
-                Some(Err(err)) => {
-                    relay.phase = Phase::Done;
-                    relay.error_events(err)
-                }
-                None => {
-                    relay.phase = Phase::Done;
-                    relay.closing_events()
-                }
-            };
-            return Some((events, relay));
+            let events = relay.step().await;
+            if !events.is_empty() {
+                return Some((events, relay));
+            }
         }
     })
     .flat_map(|events| futures_util::stream::iter(events.into_iter().map(Ok)))
 }
 
 impl Relay {
-    /// Normalises one upstream chunk; `None` when it carried only usage.
-    fn chunk_event(&mut self, mut chunk: ChatChunk) -> Option<Event> {
+    /// Advances by one upstream chunk or one finished check; returns what may go out now.
+    async fn step(&mut self) -> Vec<Event> {
+        let next = if let Some(chunk) = self.pending.take() {
+            Next::Upstream(Some(Ok(chunk)))
+        } else {
+            let Relay {
+                upstream,
+                moderation,
+                ..
+            } = self;
+            match moderation.as_mut().and_then(|m| m.check.as_mut()) {
+                Some(check) => tokio::select! {
+                    checked = check => Next::Checked(checked),
+                    item = upstream.next() => Next::Upstream(item),
+                },
+                None => Next::Upstream(upstream.next().await),
+            }
+        };
+        match next {
+            Next::Checked((judgement, upto)) => {
+                let Some(moderation) = self.moderation.as_mut() else {
+                    return Vec::new();
+                };
+                moderation.check = None;
+                let decision = moderation.moderator.finish_check(judgement, upto);
+                if !decision.lets_through() {
+                    return self.cut(decision);
+                }
+                self.start_background_check();
+                Vec::new()
+            }
+            Next::Upstream(Some(Ok(chunk))) => self.on_chunk(chunk).await,
+            Next::Upstream(Some(Err(err))) => {
+                self.done = true;
+                tracing::warn!(request_id = %self.request_id, error = %err, "stream failed after it began");
+                // Held text was never judged: it is dropped with the stream.
+                let body = ApiError::Upstream(err).body(&self.request_id);
+                vec![json_event(&body), Event::default().data("[DONE]")]
+            }
+            Next::Upstream(None) => self.on_end().await,
+        }
+    }
+
+    async fn on_chunk(&mut self, mut chunk: ChatChunk) -> Vec<Event> {
         if let Some(usage) = chunk.usage.take() {
             self.usage = Some(usage);
         }
         if chunk.choices.is_empty() {
-            return None;
+            return Vec::new();
         }
         chunk.id.clone_from(&self.identity.id);
         chunk.created = self.identity.created;
         chunk.model.clone_from(&self.identity.model);
         chunk.object = chunk_object();
-        Some(json_event(&chunk))
+        let Some(moderation) = self.moderation.as_mut() else {
+            return vec![self.emit(chunk)];
+        };
+        moderation.moderator.observe(&chunk);
+        match moderation.mode {
+            StreamMode::Buffered => {
+                moderation.held.push(chunk);
+                if !moderation.moderator.window_ready() {
+                    return Vec::new();
+                }
+                let (judgement, upto) = moderation.moderator.start_check().await;
+                let decision = moderation.moderator.finish_check(judgement, upto);
+                if !decision.lets_through() {
+                    return self.cut(decision);
+                }
+                self.release_held()
+            }
+            StreamMode::StreamFirst => {
+                let finishing = chunk.choices.iter().any(|c| c.finish_reason.is_some());
+                let events = if finishing {
+                    moderation.held.push(chunk);
+                    Vec::new()
+                } else {
+                    vec![self.emit(chunk)]
+                };
+                self.start_background_check();
+                events
+            }
+        }
     }
 
-    fn closing_events(&mut self) -> Vec<Event> {
-        let mut events = Vec::with_capacity(2);
+    fn start_background_check(&mut self) {
+        if let Some(moderation) = self.moderation.as_mut()
+            && moderation.check.is_none()
+            && moderation.moderator.window_ready()
+        {
+            moderation.check = Some(moderation.moderator.start_check());
+        }
+    }
+
+    async fn on_end(&mut self) -> Vec<Event> {
+        if let Some(moderation) = self.moderation.as_mut() {
+            if let Some(check) = moderation.check.take() {
+                let (judgement, upto) = check.await;
+                let decision = moderation.moderator.finish_check(judgement, upto);
+                if !decision.lets_through() {
+                    return self.cut(decision);
+                }
+            }
+            let decision = moderation.moderator.check_rest().await;
+            if !decision.lets_through() {
+                return self.cut(decision);
+            }
+            let categories = moderation.moderator.judgement.categories();
+            if let Some(note) = self.note.as_mut() {
+                note.output = Some((decision, categories));
+            }
+        }
+        let mut events = self.release_held();
+        self.done = true;
         if self.include_usage
             && let Some(usage) = self.usage
         {
-            let chunk = ChatChunk {
-                id: self.identity.id.clone(),
-                object: chunk_object(),
-                created: self.identity.created,
-                model: self.identity.model.clone(),
-                choices: Vec::new(),
-                usage: Some(usage),
-                extra: Default::default(),
-            };
-            events.push(json_event(&chunk));
+            events.push(json_event(&usage_chunk(&self.identity, usage)));
         }
         events.push(Event::default().data("[DONE]"));
         events
     }
 
-    fn error_events(&mut self, err: UpstreamError) -> Vec<Event> {
-        tracing::warn!(request_id = %self.request_id, error = %err, "stream failed after it began");
-        let body = ApiError::Upstream(err).body(&self.request_id);
-        vec![json_event(&body), Event::default().data("[DONE]")]
+    /// Releases held chunks; the output verdict rides on the one that finishes the answer.
+    fn release_held(&mut self) -> Vec<Event> {
+        let held = match self.moderation.as_mut() {
+            Some(moderation) => std::mem::take(&mut moderation.held),
+            None => Vec::new(),
+        };
+        let mut events = Vec::with_capacity(held.len());
+        for mut chunk in held {
+            let finishing = chunk.choices.iter().any(|c| c.finish_reason.is_some());
+            if finishing
+                && let Some(note) = &self.note
+                && note.output.is_some()
+            {
+                chunk.extra.insert("warden".to_owned(), note.json());
+            }
+            events.push(self.emit(chunk));
+        }
+        events
+    }
+
+    /// Serializes a chunk; the first one carries the input verdict.
+    fn emit(&mut self, mut chunk: ChatChunk) -> Event {
+        if !self.first_sent {
+            self.first_sent = true;
+            if let Some(note) = &self.note
+                && !chunk.extra.contains_key("warden")
+            {
+                chunk.extra.insert("warden".to_owned(), note.json());
+            }
+        }
+        json_event(&chunk)
+    }
+
+    /// Ends the stream after an unsafe verdict (or a guard failure that fails closed); held
+    /// text is dropped, and so is the upstream request.
+    fn cut(&mut self, decision: Decision) -> Vec<Event> {
+        self.done = true;
+        let categories = self
+            .moderation
+            .as_ref()
+            .map(|m| m.moderator.judgement.categories())
+            .unwrap_or_default();
+        if let Some(moderation) = self.moderation.as_mut() {
+            moderation.held.clear();
+            moderation.check = None;
+        }
+        // Dropping the upstream stream closes its connection: generation stops.
+        self.upstream = futures_util::stream::empty().boxed();
+        if decision == Decision::Unavailable {
+            let error = ApiError::Unavailable {
+                message: "the safety guard is unavailable and the policy fails closed".to_owned(),
+                code: "guard_unavailable",
+            };
+            return vec![
+                json_event(&error.body(&self.request_id)),
+                Event::default().data("[DONE]"),
+            ];
+        }
+        if let Some(note) = self.note.as_mut() {
+            note.output = Some((decision, categories));
+        }
+        let mut last = chunk(&self.identity, Delta::default(), Some("content_filter"));
+        if let Some(note) = &self.note {
+            last.extra.insert("warden".to_owned(), note.json());
+        }
+        let mut events = vec![json_event(&last)];
+        if self.include_usage
+            && let Some(usage) = self.usage
+        {
+            events.push(json_event(&usage_chunk(&self.identity, usage)));
+        }
+        events.push(Event::default().data("[DONE]"));
+        events
     }
 }
 
@@ -158,6 +399,8 @@ fn json_event<T: serde::Serialize>(value: &T) -> Event {
     match serde_json::to_string(value) {
         Ok(text) => Event::default().data(text),
         // Serializing plain data structs cannot fail; say so on the wire if it ever does.
-        Err(_) => Event::default().data(r#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}}"#),
+        Err(_) => Event::default().data(
+            r#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}}"#,
+        ),
     }
 }

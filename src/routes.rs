@@ -4,12 +4,13 @@
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::handlers::{chat, fallback, health, models};
+use crate::handlers::{chat, fallback, health, models, moderations};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/moderations", post(moderations::create))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
         .route("/healthz", get(health::healthz))

@@ -56,6 +56,20 @@ impl Backend {
         }
     }
 
+    /// A raw text completion (no chat template applied), greedy: what the guard uses.
+    pub async fn complete_raw(
+        &self,
+        model: &str,
+        prompt: &str,
+        max_tokens: u32,
+        request_id: &str,
+    ) -> Result<String, UpstreamError> {
+        match self {
+            Backend::Ollama(b) => b.complete_raw(model, prompt, max_tokens, request_id).await,
+            Backend::OpenAi(b) => b.complete_raw(model, prompt, max_tokens, request_id).await,
+        }
+    }
+
     /// Checks that the backend answers; returns the model names it serves.
     pub async fn probe(&self, timeout: Duration) -> Result<Vec<String>, UpstreamError> {
         match self {

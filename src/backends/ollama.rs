@@ -27,6 +27,7 @@ use crate::types::{
 pub struct OllamaBackend {
     name: String,
     chat_url: String,
+    generate_url: String,
     tags_url: String,
     api_key: Option<Secret>,
     client: reqwest::Client,
@@ -111,6 +112,7 @@ impl OllamaBackend {
         OllamaBackend {
             name: config.name.clone(),
             chat_url: format!("{base}/api/chat"),
+            generate_url: format!("{base}/api/generate"),
             tags_url: format!("{base}/api/tags"),
             api_key: config.api_key.clone(),
             client,
@@ -217,6 +219,53 @@ impl OllamaBackend {
             })
             .map(move |item| item.map(|parsed| translator.chunk(parsed)));
         Ok(stream.boxed())
+    }
+
+    /// `POST /api/generate` with `raw: true`: the prompt goes to the model as it is.
+    pub async fn complete_raw(
+        &self,
+        model: &str,
+        prompt: &str,
+        max_tokens: u32,
+        request_id: &str,
+    ) -> Result<String, UpstreamError> {
+        let body = serde_json::json!({
+            "model": model,
+            "prompt": prompt,
+            "raw": true,
+            "stream": false,
+            "options": {"temperature": 0, "num_predict": max_tokens},
+        });
+        let mut builder = self
+            .client
+            .post(&self.generate_url)
+            .header(request_id::HEADER, request_id)
+            .json(&body);
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key.expose());
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|err| send_error(&self.name, &err))?;
+        if !response.status().is_success() {
+            return Err(status_error(&self.name, response).await);
+        }
+        let value: Value = response
+            .json()
+            .await
+            .map_err(|err| self.protocol(format!("generate response: {err}")))?;
+        if let Some(message) = value.get("error").and_then(Value::as_str) {
+            return Err(UpstreamError::Generation {
+                backend: self.name.clone(),
+                message: message.to_owned(),
+            });
+        }
+        value
+            .get("response")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| self.protocol("generate response has no `response`".to_owned()))
     }
 
     pub async fn probe(&self, timeout: Duration) -> Result<Vec<String>, UpstreamError> {

@@ -13,6 +13,7 @@ use crate::types::{ChatChunk, ChatCompletion};
 pub struct OpenAiBackend {
     name: String,
     chat_url: String,
+    completions_url: String,
     models_url: String,
     api_key: Option<Secret>,
     client: reqwest::Client,
@@ -25,6 +26,7 @@ impl OpenAiBackend {
         OpenAiBackend {
             name: config.name.clone(),
             chat_url: format!("{base}/chat/completions"),
+            completions_url: format!("{base}/completions"),
             models_url: format!("{base}/models"),
             api_key: config.api_key.clone(),
             client,
@@ -104,6 +106,53 @@ impl OpenAiBackend {
                 }
             });
         Ok(stream.boxed())
+    }
+
+    /// `POST /v1/completions`: the legacy text endpoint, which applies no chat template.
+    pub async fn complete_raw(
+        &self,
+        model: &str,
+        prompt: &str,
+        max_tokens: u32,
+        request_id: &str,
+    ) -> Result<String, UpstreamError> {
+        let body = serde_json::json!({
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": false,
+        });
+        let mut builder = self
+            .client
+            .post(&self.completions_url)
+            .header(request_id::HEADER, request_id)
+            .json(&body);
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key.expose());
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|err| send_error(&self.name, &err))?;
+        if !response.status().is_success() {
+            return Err(status_error(&self.name, response).await);
+        }
+        let value: serde_json::Value =
+            response
+                .json()
+                .await
+                .map_err(|err| UpstreamError::Protocol {
+                    backend: self.name.clone(),
+                    message: format!("completion: {err}"),
+                })?;
+        value["choices"][0]["text"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| UpstreamError::Protocol {
+                backend: self.name.clone(),
+                message: "completion has no `choices[0].text`".to_owned(),
+            })
     }
 
     pub async fn probe(&self, timeout: Duration) -> Result<Vec<String>, UpstreamError> {

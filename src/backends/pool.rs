@@ -170,6 +170,10 @@ impl Pool {
         &self.model_order
     }
 
+    pub fn backend(&self, name: &str) -> Option<Arc<BackendHandle>> {
+        self.backends.iter().find(|b| b.name == name).cloned()
+    }
+
     pub fn backends(&self) -> &[Arc<BackendHandle>] {
         &self.backends
     }

@@ -27,6 +27,7 @@ pub struct Config {
     pub log: LogConfig,
     pub backends: Vec<BackendConfig>,
     pub models: Vec<ModelConfig>,
+    pub guard: Option<GuardConfig>,
     /// The file as read plus overrides and defaults; secrets in it are references only.
     pub effective: RawConfig,
 }
@@ -65,9 +66,24 @@ pub struct Timeouts {
 }
 
 #[derive(Debug, Clone)]
+pub struct GuardConfig {
+    pub backend: String,
+    pub model: String,
+    pub policies_dir: PathBuf,
+    pub default_policy: String,
+    pub timeout: Duration,
+    pub max_tokens: u32,
+    pub context_chars: usize,
+    pub concurrency: usize,
+    pub cache_ttl: Duration,
+    pub cache_capacity: u64,
+}
+
+#[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub id: String,
     pub balance: Balance,
+    pub policy: Option<String>,
     pub targets: Vec<TargetConfig>,
 }
 
@@ -296,9 +312,16 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
                 ));
             }
         }
+        if model.policy.is_some() && raw.guard.is_none() {
+            return Err(error(
+                format!("models[{i}].policy"),
+                "a model policy needs a `[guard]` section".to_owned(),
+            ));
+        }
         models.push(ModelConfig {
             id: model.id.clone(),
             balance: model.balance,
+            policy: model.policy.clone(),
             targets: model
                 .targets
                 .iter()
@@ -310,8 +333,57 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
         });
     }
 
+    let guard = match &raw.guard {
+        None => None,
+        Some(guard) => {
+            if !raw.backends.contains_key(&guard.backend) {
+                return Err(error(
+                    "guard.backend".to_owned(),
+                    format!("unknown backend `{}`", guard.backend),
+                ));
+            }
+            if guard.model.trim().is_empty() {
+                return Err(error(
+                    "guard.model".to_owned(),
+                    "must not be empty".to_owned(),
+                ));
+            }
+            if !(1..=100).contains(&guard.max_tokens) {
+                return Err(error(
+                    "guard.max_tokens".to_owned(),
+                    "must be between 1 and 100 (the answer is a few tokens)".to_owned(),
+                ));
+            }
+            if guard.context_chars < 500 {
+                return Err(error(
+                    "guard.context_chars".to_owned(),
+                    "must be at least 500".to_owned(),
+                ));
+            }
+            if guard.concurrency == 0 {
+                return Err(error(
+                    "guard.concurrency".to_owned(),
+                    "must be at least 1".to_owned(),
+                ));
+            }
+            Some(GuardConfig {
+                backend: guard.backend.clone(),
+                model: guard.model.clone(),
+                policies_dir: PathBuf::from(&guard.policies_dir),
+                default_policy: guard.default_policy.clone(),
+                timeout: positive("guard.timeout_ms", guard.timeout_ms)?,
+                max_tokens: guard.max_tokens,
+                context_chars: guard.context_chars,
+                concurrency: guard.concurrency,
+                cache_ttl: positive("guard.cache_ttl_ms", guard.cache_ttl_ms)?,
+                cache_capacity: guard.cache_capacity,
+            })
+        }
+    };
+
     Ok(Config {
         source: path.to_owned(),
+        guard,
         server,
         log: LogConfig {
             format: raw.log.format,

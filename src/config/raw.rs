@@ -15,6 +15,59 @@ pub struct RawConfig {
     pub backends: BTreeMap<String, RawBackend>,
     #[serde(default)]
     pub models: Vec<RawModel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<RawGuard>,
+}
+
+/// `[guard]`: the Llama Guard model that judges requests and responses.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    /// A backend of `[backends]` that serves the guard model.
+    pub backend: String,
+    /// The guard model's name on that backend, e.g. `llama-guard3:1b`.
+    pub model: String,
+    #[serde(default = "default_policies_dir")]
+    pub policies_dir: String,
+    #[serde(default = "default_policy_name")]
+    pub default_policy: String,
+    #[serde(default = "default_guard_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_guard_max_tokens")]
+    pub max_tokens: u32,
+    #[serde(default = "default_context_chars")]
+    pub context_chars: usize,
+    #[serde(default = "default_guard_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_cache_ttl_ms")]
+    pub cache_ttl_ms: u64,
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+}
+
+fn default_policies_dir() -> String {
+    "policies".to_owned()
+}
+fn default_policy_name() -> String {
+    "default".to_owned()
+}
+fn default_guard_timeout_ms() -> u64 {
+    10_000
+}
+fn default_guard_max_tokens() -> u32 {
+    10
+}
+fn default_context_chars() -> usize {
+    8_000
+}
+fn default_guard_concurrency() -> usize {
+    4
+}
+fn default_cache_ttl_ms() -> u64 {
+    3_600_000
+}
+fn default_cache_capacity() -> u64 {
+    100_000
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -124,6 +177,9 @@ pub struct RawModel {
     pub id: String,
     #[serde(default)]
     pub balance: Balance,
+    /// The safety policy for this model; the guard's default policy when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     pub targets: Vec<RawTarget>,
 }
 

@@ -15,10 +15,27 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 #[derive(Debug, Serialize)]
 pub struct Readiness {
-    /// `ready` when every model has at least one backend up.
+    /// `ready` when every model has at least one backend up, and the guard too when required.
     pub status: &'static str,
     pub backends: BTreeMap<String, BackendStatus>,
     pub models: BTreeMap<String, ModelStatus>,
+    pub guard: GuardStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GuardStatus {
+    /// `up`, `down` (its backend does not answer) or `disabled` (no `[guard]`).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Whether the guard backend lists the guard model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_listed: Option<bool>,
+    /// Whether Warden is not ready while the guard is down (the default policy fails closed).
+    pub required: bool,
+    pub policies: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,7 +120,32 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             },
         );
     }
-    let ready = models.values().all(|m| m.status == "ready");
+    let guard = match &state.guard {
+        None => GuardStatus {
+            status: "disabled",
+            backend: None,
+            model: None,
+            model_listed: None,
+            required: false,
+            policies: Vec::new(),
+        },
+        Some(guard) => {
+            let listed = served.get(&guard.backend_name);
+            let required = guard
+                .default_policy()
+                .is_some_and(|p| p.fail_mode == crate::guard::policy::FailMode::FailClosed);
+            GuardStatus {
+                status: if listed.is_some() { "up" } else { "down" },
+                backend: Some(guard.backend_name.clone()),
+                model: Some(guard.model.clone()),
+                model_listed: listed.map(|l| lists_model(l, &guard.model)),
+                required,
+                policies: guard.policy_names(),
+            }
+        }
+    };
+    let ready =
+        models.values().all(|m| m.status == "ready") && !(guard.required && guard.status == "down");
     let code = if ready {
         StatusCode::OK
     } else {
@@ -113,6 +155,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         status: if ready { "ready" } else { "not_ready" },
         backends,
         models,
+        guard,
     };
     (code, Json(readiness))
 }

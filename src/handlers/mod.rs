@@ -4,3 +4,4 @@ pub mod chat;
 pub mod fallback;
 pub mod health;
 pub mod models;
+pub mod moderations;

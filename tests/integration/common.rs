@@ -153,3 +153,43 @@ pub fn fixture_text(name: &str) -> String {
         streamed_text(&sse_chunks(&text))
     }
 }
+
+/// A folder of policy files for one test.
+pub fn policy_dir(test: &str, policies: &[(&str, &str)]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("warden-policies-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in policies {
+        std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+    }
+    dir
+}
+
+/// A policy over Llama Guard's S1–S14 (S6 flagged, S8 allowed, the rest blocked), with
+/// extra top-level lines and an `[output]` table.
+pub fn test_policy(top: &str, window: usize, mode: &str) -> String {
+    let mut text = format!("{top}\n[output]\nwindow_chars = {window}\nmode = \"{mode}\"\n");
+    for (code, name) in warden::guard::policy::STANDARD_CATEGORIES {
+        let action = match code {
+            "S6" => "flag",
+            "S8" => "allow",
+            _ => "block",
+        };
+        text.push_str(&format!(
+            "\n[[categories]]\ncode = \"{code}\"\nname = \"{name}\"\naction = \"{action}\"\n"
+        ));
+    }
+    text
+}
+
+/// Warden with one chat upstream that also serves the guard model, and a policy folder.
+pub async fn guarded(flavor: Flavor, test: &str, policy: &str) -> (FakeUpstream, Warden) {
+    let upstream = FakeUpstream::start(flavor).await;
+    let dir = policy_dir(test, &[("default", policy)]);
+    let guard = format!(
+        "[guard]\nbackend = \"b0\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\ntimeout_ms = 2000\ncontext_chars = 600\n",
+        dir.display()
+    );
+    let warden = Warden::start(&format!("{}\n{guard}", config_for(&[&upstream], ""))).await;
+    (upstream, warden)
+}

@@ -70,6 +70,44 @@ impl Script {
     }
 }
 
+/// How the fake answers guard calls (`/api/generate`, `/v1/completions`).
+#[derive(Clone, Debug)]
+pub struct GuardScript {
+    /// (needle, answer): the first rule whose needle (lowercase) is in the judged turn wins.
+    /// `{Category Name}` in an answer becomes the code the prompt gives that category (as a
+    /// real guard model would answer), or the rule is skipped when the prompt lacks it.
+    pub rules: Vec<(String, String)>,
+    pub default_answer: String,
+    pub delay: Duration,
+    pub status: u16,
+}
+
+impl Default for GuardScript {
+    fn default() -> Self {
+        GuardScript {
+            rules: Vec::new(),
+            default_answer: "safe".to_owned(),
+            delay: Duration::ZERO,
+            status: 200,
+        }
+    }
+}
+
+/// The turn a Llama Guard prompt judges: the last `User:` or `Agent:` turn of its conversation.
+pub fn judged_turn(prompt: &str) -> String {
+    let start = prompt
+        .find("<BEGIN CONVERSATION>\n\n")
+        .map(|i| i + "<BEGIN CONVERSATION>\n\n".len())
+        .unwrap_or(0);
+    let end = prompt.find("<END CONVERSATION>").unwrap_or(prompt.len());
+    let section = format!("\n\n{}", &prompt[start..end]);
+    let last = section
+        .rfind("\n\nUser: ")
+        .max(section.rfind("\n\nAgent: "))
+        .unwrap_or(0);
+    section[last..].trim().to_owned()
+}
+
 #[derive(Clone, Debug)]
 pub struct Received {
     pub path: String,
@@ -92,6 +130,12 @@ pub struct FakeState {
     cache: Mutex<Vec<(String, Bytes)>>,
     /// When set, requests are recorded; off for benchmarks.
     pub record: bool,
+    guard: Mutex<GuardScript>,
+    /// Prompts of the guard calls received.
+    guard_prompts: Mutex<Vec<String>>,
+    pub guard_calls: AtomicUsize,
+    /// Guard calls dropped before they were answered.
+    pub guard_abandoned: AtomicUsize,
 }
 
 pub struct FakeUpstream {
@@ -122,6 +166,10 @@ impl FakeUpstream {
             frames_sent: AtomicUsize::new(0),
             cache: Mutex::new(Vec::new()),
             record,
+            guard: Mutex::new(GuardScript::default()),
+            guard_prompts: Mutex::new(Vec::new()),
+            guard_calls: AtomicUsize::new(0),
+            guard_abandoned: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -129,6 +177,8 @@ impl FakeUpstream {
             .route("/v1/models", get(models))
             .route("/api/tags", get(tags))
             .route("/api/version", get(version))
+            .route("/api/generate", post(guard_generate))
+            .route("/v1/completions", post(guard_completions))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -153,6 +203,22 @@ impl FakeUpstream {
 
     pub fn script(&self, edit: impl FnOnce(&mut Script)) {
         edit(&mut self.state.script.lock().unwrap());
+    }
+
+    pub fn guard(&self, edit: impl FnOnce(&mut GuardScript)) {
+        edit(&mut self.state.guard.lock().unwrap());
+    }
+
+    pub fn guard_prompts(&self) -> Vec<String> {
+        self.state.guard_prompts.lock().unwrap().clone()
+    }
+
+    pub fn guard_calls(&self) -> usize {
+        self.state.guard_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn guard_abandoned(&self) -> usize {
+        self.state.guard_abandoned.load(Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -330,4 +396,102 @@ async fn tags(State(state): State<Arc<FakeState>>) -> Response {
 async fn version(State(state): State<Arc<FakeState>>) -> Response {
     let bytes = state.fixture_bytes("ollama/version.json");
     ([("content-type", "application/json")], bytes).into_response()
+}
+
+/// Replaces each `{Name}` with the prompt's code for that category; `None` if one is missing.
+fn with_codes(answer: &str, prompt: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = answer;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}')? + open;
+        let name = &rest[open + 1..close];
+        let line = prompt
+            .lines()
+            .find(|l| l.starts_with('S') && l.contains(&format!(": {name}.")))?;
+        out.push_str(&rest[..open]);
+        out.push_str(line.split(':').next()?);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Counts a guard call as abandoned if it is dropped before it answered.
+struct GuardCallGuard {
+    state: Arc<FakeState>,
+    answered: bool,
+}
+
+impl Drop for GuardCallGuard {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.state.guard_abandoned.fetch_add(1, Ordering::SeqCst);
+            self.state.abandoned_notify.notify_waiters();
+        }
+    }
+}
+
+/// The guard's answer to one prompt, or an HTTP status to fail with.
+async fn guard_answer(state: &Arc<FakeState>, prompt: String) -> Result<String, StatusCode> {
+    state.guard_calls.fetch_add(1, Ordering::SeqCst);
+    let mut call = GuardCallGuard {
+        state: state.clone(),
+        answered: false,
+    };
+    let script = state.guard.lock().unwrap().clone();
+    let judged = judged_turn(&prompt).to_lowercase();
+    state.guard_prompts.lock().unwrap().push(prompt);
+    if !script.delay.is_zero() {
+        tokio::time::sleep(script.delay).await;
+    }
+    call.answered = true;
+    if script.status != 200 {
+        return Err(StatusCode::from_u16(script.status).unwrap());
+    }
+    let prompt = state
+        .guard_prompts
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    let answer = script
+        .rules
+        .iter()
+        .filter(|(needle, _)| judged.contains(&needle.to_lowercase()))
+        .find_map(|(_, answer)| with_codes(answer, &prompt))
+        .unwrap_or(script.default_answer);
+    Ok(answer)
+}
+
+async fn guard_generate(State(state): State<Arc<FakeState>>, body: Bytes) -> Response {
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_eq!(body["raw"], true, "guard prompts go raw");
+    let prompt = body["prompt"].as_str().unwrap_or_default().to_owned();
+    match guard_answer(&state, prompt).await {
+        Ok(answer) => axum::Json(serde_json::json!({
+            "model": body["model"], "created_at": "2025-12-08T12:00:00Z", "response": answer,
+            "done": true, "done_reason": "stop", "prompt_eval_count": 200, "eval_count": 3
+        }))
+        .into_response(),
+        Err(status) => (
+            status,
+            axum::Json(serde_json::json!({"error": "guard model failed"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn guard_completions(State(state): State<Arc<FakeState>>, body: Bytes) -> Response {
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let prompt = body["prompt"].as_str().unwrap_or_default().to_owned();
+    match guard_answer(&state, prompt).await {
+        Ok(answer) => axum::Json(serde_json::json!({
+            "id": "cmpl-1", "object": "text_completion", "created": 1, "model": body["model"],
+            "choices": [{"index": 0, "text": answer, "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 200, "completion_tokens": 3, "total_tokens": 203}
+        }))
+        .into_response(),
+        Err(status) => (status, axum::Json(serde_json::json!({"error": {"message": "guard model failed", "type": "server_error", "param": null, "code": null}}))).into_response(),
+    }
 }

@@ -18,6 +18,7 @@ mod config;
 mod disconnect;
 mod errors;
 mod failover;
+mod guard;
 mod health;
 mod sdk;
 mod shutdown;
