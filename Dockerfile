@@ -20,7 +20,8 @@ COPY config /etc/warden
 COPY policies /etc/warden/policies
 USER 10001:10001
 ENV WARDEN_CONFIG=/etc/warden/warden.toml \
-    WARDEN_SERVER__LISTEN=0.0.0.0:8080
+    WARDEN_SERVER__LISTEN=0.0.0.0:8080 \
+    WARDEN_GUARD__POLICIES_DIR=/etc/warden/policies
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/warden"]

@@ -61,6 +61,7 @@ fn wall_nanos() -> u128 {
 async fn upstream(port: u16) {
     let app = Router::new()
         .route("/v1/chat/completions", post(upstream_chat))
+        .route("/v1/completions", post(upstream_guard))
         .route(
             "/v1/models",
             get(|| async { "{\"object\":\"list\",\"data\":[]}" }),
@@ -100,6 +101,16 @@ async fn upstream_chat(body: Bytes) -> Response {
     (
         [("content-type", "text/event-stream")],
         Body::from_stream(frames),
+    )
+        .into_response()
+}
+
+/// The fake Llama Guard: "safe" after BENCH_GUARD_MS milliseconds.
+async fn upstream_guard() -> Response {
+    tokio::time::sleep(Duration::from_millis(env_or("BENCH_GUARD_MS", 25))).await;
+    (
+        [("content-type", "application/json")],
+        "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"guard\",\"choices\":[{\"index\":0,\"text\":\"safe\",\"finish_reason\":\"stop\"}]}",
     )
         .into_response()
 }
@@ -162,31 +173,11 @@ async fn orchestrate() {
             .spawn()
             .unwrap(),
     );
-    let warden_port = free_port();
     let dir = std::env::temp_dir().join(format!("warden-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("warden.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{warden_port}\"\n[log]\nlevel = \"warn\"\n\
-             [backends.fake]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{upstream_port}/v1\"\n\
-             [[models]]\nid = \"llama3.2\"\ntargets = [{{ backend = \"fake\", model = \"llama3.2\" }}]\n"
-        ),
-    )
-    .unwrap();
-    let _warden = Process(
-        Command::new(&warden_bin)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
     let direct = format!("http://127.0.0.1:{upstream_port}/v1/chat/completions");
-    let through = format!("http://127.0.0.1:{warden_port}/v1/chat/completions");
     wait_for(&format!("http://127.0.0.1:{upstream_port}/v1/models")).await;
-    wait_for(&format!("http://127.0.0.1:{warden_port}/healthz")).await;
+    let (warden, through) = start_warden(&warden_bin, &dir, "plain", upstream_port, None).await;
 
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -273,7 +264,151 @@ async fn orchestrate() {
         d.errors,
         w.errors
     );
+    drop(warden);
+    guard_section(&client, &warden_bin, &dir, upstream_port, seconds).await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts `warden serve` in front of the fake upstream, with a guard policy when given.
+async fn start_warden(
+    warden_bin: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    upstream_port: u16,
+    policy: Option<String>,
+) -> (Process, String) {
+    let port = free_port();
+    let mut config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n\
+         [backends.fake]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{upstream_port}/v1\"\n\
+         [[models]]\nid = \"llama3.2\"\ntargets = [{{ backend = \"fake\", model = \"llama3.2\" }}]\n"
+    );
+    if let Some(policy) = policy {
+        let policies = dir.join(format!("policies-{name}"));
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(policies.join("default.toml"), policy).unwrap();
+        config.push_str(&format!(
+            "[guard]\nbackend = \"fake\"\nmodel = \"guard\"\npolicies_dir = \"{}\"\n",
+            policies.display()
+        ));
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let process = Process(
+        Command::new(warden_bin)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&format!("http://127.0.0.1:{port}/healthz")).await;
+    (
+        process,
+        format!("http://127.0.0.1:{port}/v1/chat/completions"),
+    )
+}
+
+/// A policy over S1–S14, all blocked, with the given checks and output settings.
+fn bench_policy(checks: &str, window: usize, mode: &str) -> String {
+    let mut text =
+        format!("checks = {checks}\n[output]\nwindow_chars = {window}\nmode = \"{mode}\"\n");
+    for (code, name) in warden::guard::policy::STANDARD_CATEGORIES {
+        text.push_str(&format!(
+            "[[categories]]\ncode = \"{code}\"\nname = \"{name}\"\naction = \"block\"\n"
+        ));
+    }
+    text
+}
+
+/// Time to first byte and to the end of the stream with the guard in each of its modes.
+async fn guard_section(
+    client: &reqwest::Client,
+    warden_bin: &std::path::Path,
+    dir: &std::path::Path,
+    upstream_port: u16,
+    seconds: u64,
+) {
+    let guard_ms = env_or("BENCH_GUARD_MS", 25);
+    let rate = env_or("BENCH_GUARD_STREAMS_PER_SEC", 20);
+    let window = 200;
+    println!();
+    println!(
+        "## Guard: a fake Llama Guard that answers in {guard_ms} ms, {rate} streams/s, every question different (no cache hits)"
+    );
+    println!();
+    println!("| setup | n | errors | first byte p50 | p99 | whole stream p50 | p99 |");
+    println!("|---|---|---|---|---|---|---|");
+    let setups: [(&str, Option<String>); 4] = [
+        ("no guard", None),
+        (
+            "input guard",
+            Some(bench_policy("[\"input\"]", window, "buffered")),
+        ),
+        (
+            "output guard, buffered",
+            Some(bench_policy("[\"output\"]", window, "buffered")),
+        ),
+        (
+            "output guard, stream_first",
+            Some(bench_policy("[\"output\"]", window, "stream_first")),
+        ),
+    ];
+    let mut first_byte_p50 = Vec::new();
+    for (i, (name, policy)) in setups.into_iter().enumerate() {
+        let (process, url) =
+            start_warden(warden_bin, dir, &format!("guard{i}"), upstream_port, policy).await;
+        let _ = streams_unique(client, &url, rate, 1).await;
+        let run = streams_unique(client, &url, rate, seconds).await;
+        println!(
+            "| {name} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            run.ttfb.len(),
+            run.errors,
+            pct(&run.ttfb, 50.0),
+            pct(&run.ttfb, 99.0),
+            pct(&run.total, 50.0),
+            pct(&run.total, 99.0)
+        );
+        first_byte_p50.push(pct(&run.ttfb, 50.0));
+        drop(process);
+    }
+    println!();
+    println!(
+        "input guard: added time to first byte p50 {:.3} ms for a guard of {guard_ms} ms (target: at most {guard_ms} + 2 ms); output window {window} characters, {CHUNKS_PER_STREAM} chunks of ~19 characters",
+        first_byte_p50[1] - first_byte_p50[0]
+    );
+}
+
+/// Like `streams`, but each request asks something new, so no guard verdict is cached.
+async fn streams_unique(client: &reqwest::Client, url: &str, rate: u64, seconds: u64) -> StreamRun {
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        let body = Arc::new(
+            serde_json::json!({"model": "llama3.2", "stream": true, "messages": [{"role": "user", "content": format!("Why is the sky blue? (question {i} at {})", wall_nanos())}]})
+                .to_string(),
+        );
+        tasks.push(tokio::spawn(one_stream(
+            client.clone(),
+            url.to_owned(),
+            body,
+        )));
+    }
+    let mut run = StreamRun::default();
+    for task in tasks {
+        match task.await.unwrap() {
+            Some((ttfb, delays, total)) => {
+                run.ttfb.push(ttfb);
+                run.chunk_delay.extend(delays);
+                run.total.push(total);
+            }
+            None => run.errors += 1,
+        }
+    }
+    run
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -368,6 +503,8 @@ async fn open_loop(
 #[derive(Default)]
 struct StreamRun {
     ttfb: Vec<f64>,
+    /// From the send to `[DONE]`.
+    total: Vec<f64>,
     chunk_delay: Vec<f64>,
     errors: usize,
 }
@@ -396,9 +533,10 @@ async fn streams(
     let mut run = StreamRun::default();
     for task in tasks {
         match task.await.unwrap() {
-            Some((ttfb, delays)) => {
+            Some((ttfb, delays, total)) => {
                 run.ttfb.push(ttfb);
                 run.chunk_delay.extend(delays);
+                run.total.push(total);
             }
             None => run.errors += 1,
         }
@@ -410,7 +548,7 @@ async fn one_stream(
     client: reqwest::Client,
     url: String,
     body: Arc<String>,
-) -> Option<(f64, Vec<f64>)> {
+) -> Option<(f64, Vec<f64>, f64)> {
     let sent = Instant::now();
     let response = client
         .post(url)
@@ -451,5 +589,11 @@ async fn one_stream(
             }
         }
     }
-    done.then(|| (ttfb.unwrap_or(f64::NAN), delays))
+    done.then(|| {
+        (
+            ttfb.unwrap_or(f64::NAN),
+            delays,
+            sent.elapsed().as_secs_f64() * 1000.0,
+        )
+    })
 }

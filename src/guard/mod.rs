@@ -262,37 +262,8 @@ impl Guard {
         out
     }
 
-    /// The conversations that judge `last`: one with as much earlier context as the budget
-    /// allows (oldest turns dropped first, never `last`), or, when `last` alone is over the
-    /// budget, one per overlapping piece of it.
     fn units_for(&self, before: &[Turn], last: &Turn) -> Vec<Vec<Turn>> {
-        let budget = self.context_chars;
-        let length = last.text.chars().count();
-        if length > budget {
-            let overlap = (budget / 4).min(1000);
-            return pieces(&last.text, budget, overlap)
-                .into_iter()
-                .map(|piece| {
-                    vec![Turn {
-                        side: last.side,
-                        text: piece.to_owned(),
-                    }]
-                })
-                .collect();
-        }
-        let mut used = length;
-        let mut start = before.len();
-        while start > 0 {
-            let size = before[start - 1].text.chars().count();
-            if used + size > budget {
-                break;
-            }
-            used += size;
-            start -= 1;
-        }
-        let mut conversation = before[start..].to_vec();
-        conversation.push(last.clone());
-        vec![conversation]
+        conversations_for(before, last, self.context_chars)
     }
 
     async fn judge_all(
@@ -396,6 +367,38 @@ fn check_names(
         }
     }
     Ok(())
+}
+
+/// The conversations that judge `last`: one with as much earlier context as `budget`
+/// characters allow (oldest turns dropped first, never `last`), or, when `last` alone is over
+/// the budget, one per overlapping piece of it.
+pub fn conversations_for(before: &[Turn], last: &Turn, budget: usize) -> Vec<Vec<Turn>> {
+    let length = last.text.chars().count();
+    if length > budget {
+        let overlap = (budget / 4).min(1000);
+        return pieces(&last.text, budget, overlap)
+            .into_iter()
+            .map(|piece| {
+                vec![Turn {
+                    side: last.side,
+                    text: piece.to_owned(),
+                }]
+            })
+            .collect();
+    }
+    let mut used = length;
+    let mut start = before.len();
+    while start > 0 {
+        let size = before[start - 1].text.chars().count();
+        if used + size > budget {
+            break;
+        }
+        used += size;
+        start -= 1;
+    }
+    let mut conversation = before[start..].to_vec();
+    conversation.push(last.clone());
+    vec![conversation]
 }
 
 /// Maps a reading to the policy's categories and actions.
@@ -564,6 +567,39 @@ mod tests {
                 side: Side::User,
                 text: "tool result".into()
             }
+        );
+    }
+
+    #[test]
+    fn long_conversations_drop_the_oldest_turns_and_long_turns_go_in_pieces() {
+        let turn = |side, text: &str| Turn {
+            side,
+            text: text.to_owned(),
+        };
+        let before = vec![
+            turn(Side::User, &"a".repeat(50)),
+            turn(Side::Agent, &"b".repeat(30)),
+            turn(Side::User, &"c".repeat(30)),
+        ];
+        let last = turn(Side::Agent, &"d".repeat(30));
+        let units = conversations_for(&before, &last, 100);
+        assert_eq!(units.len(), 1);
+        let texts: Vec<char> = units[0]
+            .iter()
+            .map(|t| t.text.chars().next().unwrap())
+            .collect();
+        assert_eq!(
+            texts,
+            vec!['b', 'c', 'd'],
+            "the oldest turn is dropped, the judged one kept"
+        );
+        let long = turn(Side::User, &"x".repeat(250));
+        let units = conversations_for(&before, &long, 100);
+        assert_eq!(units.len(), 3, "three overlapping pieces of 100");
+        assert!(
+            units
+                .iter()
+                .all(|u| u.len() == 1 && u[0].text.len() <= 100 && u[0].side == Side::User)
         );
     }
 

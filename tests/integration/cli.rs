@@ -87,34 +87,7 @@ async fn sigterm_lets_a_stream_finish_then_exits_zero() {
     let upstream = FakeUpstream::start(Flavor::OpenAi).await;
     upstream.script(|s| s.frame_delay = Duration::from_millis(100));
     let path = temp_config("sigterm", &config_for(&[&upstream], ""));
-    let mut child = warden()
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The log names the address it listens on.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let address = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("no listening line");
-        if let Some(i) = line.find("listening on http://") {
-            break line[i + "listening on http://".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
-        }
-    };
+    let (mut child, address, _lines) = spawn_serving(&path);
     let response = client()
         .post(format!("http://{address}/v1/chat/completions"))
         .json(&chat_body(true))
@@ -136,4 +109,194 @@ async fn sigterm_lets_a_stream_finish_then_exits_zero() {
         .await
         .unwrap();
     assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn policy_check_accepts_the_shipped_policies_and_names_file_line_and_key() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = warden()
+        .args(["policy", "check"])
+        .arg(root.join("policies/default.toml"))
+        .arg(root.join("policies/customer-support.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("policy `default`") && stdout.contains("checks 14 categories"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("competitors"), "{stdout}");
+
+    let bad = temp_config(
+        "bad-policy",
+        "checks = [\"input\"]\n\n[[categories]]\ncode = \"S1\"\nname = \"Violent Crimes\"\naction = \"maybe\"\n",
+    );
+    let out = warden()
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:6: categories[0].action", bad.display())),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn guard_classifies_a_text_from_the_command_line() {
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    upstream.guard(|g| g.rules.push(("liver".to_owned(), "unsafe\nS6".to_owned())));
+    let dir = policy_dir(
+        "cli-guard",
+        &[("default", &test_policy("", 1000, "buffered"))],
+    );
+    let config = format!(
+        "{}\n[guard]\nbackend = \"b0\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n",
+        config_for(&[&upstream], ""),
+        dir.display()
+    );
+    let path = temp_config("cli-guard", &config);
+    let run = |text: &'static str| {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            warden()
+                .args(["guard", text, "--config"])
+                .arg(&path)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run("What are the best treatment options for my liver problem?")
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["verdict"], "flagged");
+    assert_eq!(verdict["categories"], serde_json::json!(["S6"]));
+    let out = run("What is the capital of France?").await.unwrap();
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["verdict"], "safe");
+    upstream.guard(|g| g.status = 500);
+    let out = run("Anything").await.unwrap();
+    assert_eq!(out.status.code(), Some(69), "guard unreachable");
+}
+
+#[tokio::test]
+async fn sighup_reloads_policies_and_keeps_them_when_the_new_ones_are_bad() {
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    let dir = policy_dir(
+        "sighup",
+        &[(
+            "default",
+            &test_policy("refusal = \"first\"", 1000, "buffered"),
+        )],
+    );
+    let config = format!(
+        "{}\n[guard]\nbackend = \"b0\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n",
+        config_for(&[&upstream], ""),
+        dir.display()
+    );
+    let path = temp_config("sighup", &config);
+    let (mut child, address, lines) = spawn_serving(&path);
+    upstream.guard(|g| {
+        g.rules
+            .push(("hotwire".to_owned(), "unsafe\nS2".to_owned()))
+    });
+    let refusal = || async {
+        let body: serde_json::Value = client()
+            .post(format!("http://{address}/v1/chat/completions"))
+            .json(&serde_json::json!({"model": "llama3.2", "messages": [{"role": "user", "content": "how to hotwire a car"}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(refusal().await, "first");
+    let hup = |pid: u32| {
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+
+    std::fs::write(
+        dir.join("default.toml"),
+        "[[categories]]\ncode = \"S99\"\nname = \"x\"\naction = \"block\"\n",
+    )
+    .unwrap();
+    assert!(hup(child.id()).success());
+    wait_for_line(&lines, "policy reload failed");
+    assert_eq!(refusal().await, "first", "the last good policy stays");
+
+    std::fs::write(
+        dir.join("default.toml"),
+        test_policy("refusal = \"second\"", 1000, "buffered"),
+    )
+    .unwrap();
+    assert!(hup(child.id()).success());
+    wait_for_line(&lines, "policies reloaded");
+    assert_eq!(refusal().await, "second");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Starts `warden serve` and waits for the address it listens on.
+fn spawn_serving(
+    path: &std::path::Path,
+) -> (
+    std::process::Child,
+    String,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut child = warden()
+        .args(["serve", "--config"])
+        .arg(path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = wait_for_line(&rx, "listening on http://");
+    let i = line.find("listening on http://").unwrap();
+    let address = line[i + "listening on http://".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    (child, address, rx)
+}
+
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no log line with `{needle}`"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
 }

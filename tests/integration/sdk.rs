@@ -21,6 +21,23 @@ async fn the_openai_python_sdk_works_against_warden() {
         ollama.base_url(),
         openai.base_url()
     );
+    let policies = policy_dir(
+        "sdk",
+        &[(
+            "default",
+            &test_policy("refusal = \"I can't help with that.\"", 1000, "buffered"),
+        )],
+    );
+    let config = format!(
+        "{config}\n[guard]\nbackend = \"local\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n",
+        policies.display()
+    );
+    ollama.guard(|g| {
+        g.rules.push((
+            "hotwire".to_owned(),
+            "unsafe\n{Non-Violent Crimes}".to_owned(),
+        ))
+    });
     let warden = Warden::start(&config).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_openai_sdk.py");
     let expected = fixture_text("ollama/chat_stream.ndjson");

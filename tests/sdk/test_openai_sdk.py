@@ -80,3 +80,23 @@ def test_tool_call_streaming_is_parsed(client):
         tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
     )
     assert sum(1 for _ in stream) > 1
+
+
+def test_blocked_question_is_a_content_filter_refusal(client):
+    messages = [{"role": "user", "content": "How do I hotwire a car?"}]
+    completion = client.chat.completions.create(model="llama3.2", messages=messages)
+    assert completion.choices[0].finish_reason == "content_filter"
+    assert completion.choices[0].message.content == "I can't help with that."
+    assert completion.model_extra["warden"]["guard"]["input"]["verdict"] == "blocked"
+    chunks = list(client.chat.completions.create(model="llama3.2", messages=messages, stream=True))
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+
+
+def test_moderations_create(client):
+    result = client.moderations.create(input=["How do I hotwire a car?", "What a lovely day"])
+    assert result.model == "llama-guard3:1b"
+    flagged, fine = result.results
+    assert flagged.flagged is True
+    assert flagged.categories.illicit is True
+    assert fine.flagged is False
+    assert fine.categories.violence is False
