@@ -14,9 +14,10 @@ TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 run: toolchain
 	cargo run --release --locked -- serve --config $(CONFIG)
 
-## The whole test suite: format, lints, unit and integration tests, the OpenAI SDK tests.
+## The whole test suite: format, lints, unit and integration tests against the real Milvus (Lite
+## and standalone), the real embedding model, a real llama.cpp server, and the OpenAI SDK tests.
 test: toolchain sdk-venv lint
-	OPENAI_SDK_PYTHON=$(PYTHON) cargo test --locked -- --include-ignored
+	scripts/test.sh
 
 lint: toolchain
 	cargo fmt --check

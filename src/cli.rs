@@ -1,12 +1,13 @@
 //! The `warden` command: `serve`, `check-config`, `--version`.
 
 use clap::{Parser, Subcommand};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ProcessEnv};
+use crate::knowledge::{DEFAULT_TENANT, Knowledge};
 use crate::state::AppState;
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,54 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Classify a text with the configured guard and a policy, and print the verdict.
     Guard(GuardArgs),
+    /// Add documents (files, folders, web pages) to a knowledge-base collection.
+    Ingest(IngestArgs),
+    /// Knowledge-base collections.
+    Collections {
+        #[command(subcommand)]
+        command: CollectionsCommand,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Documents of a collection.
+    Docs {
+        #[command(subcommand)]
+        command: DocsCommand,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// The collection to add to (created when missing).
+    #[arg(long)]
+    pub collection: String,
+    /// Files, folders (read recursively: .txt, .md, .html) and http(s) URLs.
+    #[arg(required = true)]
+    pub sources: Vec<String>,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollectionsCommand {
+    /// List the collections and their vector dimensions.
+    List,
+    /// Create a collection for the configured embedding model.
+    Create { name: String },
+    /// Drop a collection and everything in it.
+    Drop { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DocsCommand {
+    /// Remove a document (all its chunks) from a collection.
+    Delete {
+        #[arg(long)]
+        collection: String,
+        doc_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +123,209 @@ pub fn main() -> ExitCode {
         Command::Serve(arg) => serve(&arg.config),
         Command::Policy(PolicyCommand::Check { paths }) => policy_check(&paths),
         Command::Guard(args) => guard(&args),
+        Command::Ingest(args) => with_knowledge(&args.config.config, |k| {
+            ingest(k, args.collection.clone(), args.sources.clone())
+        }),
+        Command::Collections { command, config } => {
+            with_knowledge(&config.config, |k| collections(k, command))
+        }
+        Command::Docs { command, config } => with_knowledge(&config.config, |k| docs(k, command)),
+    }
+}
+
+/// Runs a knowledge-base command: loads the embedding model, connects to Milvus (failing early
+/// and clearly when either is missing), then runs `work`.
+fn with_knowledge<F, Fut>(path: &std::path::Path, work: F) -> ExitCode
+where
+    F: FnOnce(std::sync::Arc<Knowledge>) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    let config = match Config::load(path, &ProcessEnv) {
+        Ok(config) => config,
+        Err(err) => {
+            report(&err.to_string());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init(&crate::config::LogConfig {
+        format: config.log.format,
+        level: "warn".to_owned(),
+    });
+    let (Some(embeddings), Some(milvus)) = (&config.embeddings, &config.milvus) else {
+        report(&format!(
+            "{}: the knowledge base needs [embeddings] and [milvus] sections",
+            path.display()
+        ));
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            report(&format!("cannot start the async runtime: {err}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let embedder = match crate::embed::Embedder::load(embeddings) {
+            Ok(embedder) => std::sync::Arc::new(embedder),
+            Err(err) => {
+                report(&format!("embeddings: {err}"));
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let store = match crate::store::Store::connect(milvus).await {
+            Ok(store) => std::sync::Arc::new(store),
+            Err(err) => {
+                report(&format!("milvus at {}: {err}", milvus.uri));
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
+        let knowledge =
+            std::sync::Arc::new(Knowledge::new(embedder, store, config.retrieval.clone()));
+        work(knowledge).await
+    })
+}
+
+async fn ingest(
+    knowledge: std::sync::Arc<Knowledge>,
+    collection: String,
+    sources: Vec<String>,
+) -> ExitCode {
+    if let Err(err) = knowledge.collection(&collection, true).await {
+        report(&err.to_string());
+        return ExitCode::FAILURE;
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let report_data = knowledge
+        .ingest_sources(
+            &collection,
+            DEFAULT_TENANT,
+            &sources,
+            |done, total, name| {
+                if terminal {
+                    let width = 30;
+                    let filled = (done * width).checked_div(total).unwrap_or(width);
+                    let _ = write!(
+                        std::io::stderr(),
+                        "\r[{}{}] {done}/{total} {}\x1b[K",
+                        "#".repeat(filled),
+                        " ".repeat(width - filled),
+                        name.chars()
+                            .rev()
+                            .take(60)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect::<String>()
+                    );
+                    if done == total {
+                        let _ = writeln!(std::io::stderr());
+                    }
+                }
+            },
+        )
+        .await;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "ingested {} documents, {} chunks into `{collection}` in {:.1} s",
+        report_data.documents, report_data.chunks, report_data.seconds
+    );
+    for failed in &report_data.failed {
+        let _ = writeln!(out, "skipped {}: {}", failed.source, failed.error);
+    }
+    if report_data.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn collections(
+    knowledge: std::sync::Arc<Knowledge>,
+    command: CollectionsCommand,
+) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let result = match command {
+        CollectionsCommand::List => match knowledge.store.list().await {
+            Ok(names) => {
+                for name in names {
+                    match knowledge.store.describe(&name).await {
+                        Ok(info) => {
+                            let _ = writeln!(out, "{name}\t{} dimensions", info.dimension);
+                        }
+                        Err(err) => {
+                            let _ = writeln!(out, "{name}\t({err})");
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(err) => Err(err.to_string()),
+        },
+        CollectionsCommand::Create { name } => knowledge
+            .store
+            .create(&name, knowledge.embedder.dimension)
+            .await
+            .map(|info| {
+                let _ = writeln!(
+                    out,
+                    "created `{}` ({} dimensions)",
+                    info.name, info.dimension
+                );
+            })
+            .map_err(|e| e.to_string()),
+        CollectionsCommand::Drop { name } => knowledge
+            .store
+            .drop_collection(&name)
+            .await
+            .map(|()| {
+                let _ = writeln!(out, "dropped `{name}`");
+            })
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn docs(knowledge: std::sync::Arc<Knowledge>, command: DocsCommand) -> ExitCode {
+    let DocsCommand::Delete { collection, doc_id } = command;
+    let result = async {
+        knowledge
+            .store
+            .check(&collection, knowledge.embedder.dimension)
+            .await?;
+        let before = knowledge
+            .store
+            .count_document(&collection, DEFAULT_TENANT, &doc_id)
+            .await?;
+        knowledge
+            .store
+            .delete_document(&collection, DEFAULT_TENANT, &doc_id)
+            .await?;
+        Ok::<usize, crate::store::StoreError>(before)
+    }
+    .await;
+    match result {
+        Ok(chunks) => {
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "deleted document {doc_id} ({chunks} chunks) from `{collection}`"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            report(&err.to_string());
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -20,10 +20,21 @@ pub enum ApiError {
         param: Option<String>,
         code: Option<&'static str>,
     },
+    /// A resource named in the request does not exist (404), e.g. a collection.
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        param: Option<String>,
+        code: &'static str,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("The model `{model}` does not exist or you do not have access to it.")]
     ModelNotFound { model: String },
+    #[error("Missing or invalid bearer token.")]
+    Unauthorized,
+    #[error("{message}")]
+    Forbidden { message: String },
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -69,10 +80,12 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::ModelNotFound { .. } | ApiError::RouteNotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::ModelNotFound { .. }
+            | ApiError::RouteNotFound { .. }
+            | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Upstream(err) => err.client_status(),
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,6 +100,12 @@ impl ApiError {
                 "invalid_request_error",
                 param.clone(),
                 code.map(str::to_owned),
+                self.to_string(),
+            ),
+            ApiError::NotFound { param, code, .. } => (
+                "invalid_request_error",
+                param.clone(),
+                Some((*code).to_owned()),
                 self.to_string(),
             ),
             ApiError::ContentFilter { .. } => (
@@ -111,6 +130,18 @@ impl ApiError {
                 "invalid_request_error",
                 None,
                 Some("unknown_url".to_owned()),
+                self.to_string(),
+            ),
+            ApiError::Unauthorized => (
+                "authentication_error",
+                None,
+                Some("invalid_api_key".to_owned()),
+                self.to_string(),
+            ),
+            ApiError::Forbidden { .. } => (
+                "permission_error",
+                None,
+                Some("forbidden".to_owned()),
                 self.to_string(),
             ),
             ApiError::MethodNotAllowed { .. } => (

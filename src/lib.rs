@@ -7,7 +7,10 @@
 //! - [`pipeline`]: the stages of a chat request, in order, in one place.
 //! - [`backends`]: Ollama and OpenAI-compatible backends (one file each) and the [`backends::pool`]
 //!   that balances and fails over between them.
-//! - [`relay`]: upstream chunks → OpenAI SSE events.
+//! - [`relay`]: upstream chunks → OpenAI SSE events, with the output guard between.
+//! - [`guard`]: safety policies and Llama Guard 3, for input and output.
+//! - [`embed`], [`store`], [`ingest`], [`knowledge`]: embeddings in-process, Milvus, document
+//!   ingestion and retrieval.
 //! - [`error`]: the one error type and its OpenAI envelope.
 //! - [`request_id`]: `x-request-id` on every response, upstream request and log line.
 //! - [`cli`]: the `warden` command.
@@ -20,15 +23,21 @@
 pub mod backends;
 pub mod cli;
 pub mod config;
+pub mod embed;
 pub mod error;
 pub mod extract;
 pub mod guard;
 pub mod handlers;
+pub mod ingest;
+pub mod knowledge;
+pub mod note;
 pub mod pipeline;
 pub mod relay;
 pub mod request_id;
+pub mod retrieval;
 pub mod routes;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod types;
 

@@ -6,10 +6,11 @@
 //!    limit a 413.
 //! 2. **resolve the model** — the client-facing id to its route of backends and its safety
 //!    policy: 404 `model_not_found` when unknown.
-//! 3. **pre-dispatch checks** — the input guard judges every turn the model will see (every
-//!    role, every text part, tool calls and tool results); a block ends the request here with
-//!    the policy's refusal, and nothing is sent upstream. (Retrieval joins this stage, running
-//!    concurrently with the input guard, with the grounding issue.)
+//! 3. **pre-dispatch checks**, concurrently: the input guard judges every turn the model will
+//!    see (every role, every text part, tool calls, tool results, tool definitions) while
+//!    retrieval embeds the question and searches Milvus. A block ends the request here with the
+//!    policy's refusal and nothing is sent upstream; retrieved chunks are judged too (an unsafe
+//!    one is left out), then injected with the QA template.
 //! 4. **dispatch** — [`Pool`](crate::backends::pool::Pool) picks a backend, fails over before
 //!    the first byte, and waits for the first chunk so that an early failure is a real HTTP
 //!    error.
@@ -22,79 +23,26 @@
 //! guard call in flight with it.
 
 use axum::Json;
-use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 use std::sync::Arc;
 
 use crate::error::ApiError;
 use crate::guard::output::OutputModerator;
 use crate::guard::policy::{BlockStyle, Policy};
 use crate::guard::{Decision, UNGUARDED_FIELDS, request_turns};
+use crate::knowledge::DEFAULT_TENANT;
+use crate::note::{GuardNote, Note};
 use crate::relay::{self, RelayOptions, StreamIdentity};
 use crate::request_id;
+use crate::retrieval;
 use crate::state::{AppState, unix_now};
 use crate::types::{AssistantMessage, ChatCompletion, ChatRequest, Choice, MessageContent, Usage};
-
-pub const GUARD_HEADER: &str = "x-warden-guard";
-
-/// What the guard decided about a request, for the `warden` object and `x-warden-guard`.
-#[derive(Debug, Clone, Default)]
-pub struct GuardNote {
-    pub policy: String,
-    pub input: Option<(Decision, Vec<String>)>,
-    pub output: Option<(Decision, Vec<String>)>,
-}
-
-impl GuardNote {
-    fn part(name: &str, value: &Option<(Decision, Vec<String>)>) -> Option<String> {
-        value.as_ref().map(|(decision, categories)| {
-            if categories.is_empty() {
-                format!("{name}={}", decision.label())
-            } else {
-                format!("{name}={}({})", decision.label(), categories.join(","))
-            }
-        })
-    }
-
-    /// `input=flagged(S6); output=safe`
-    pub fn header(&self) -> Option<HeaderValue> {
-        let parts: Vec<String> = [
-            Self::part("input", &self.input),
-            Self::part("output", &self.output),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        (!parts.is_empty())
-            .then(|| HeaderValue::from_str(&parts.join("; ")).ok())
-            .flatten()
-    }
-
-    /// The `warden` object of response bodies and chunks.
-    pub fn json(&self) -> Value {
-        let verdict = |value: &Option<(Decision, Vec<String>)>| {
-            value
-                .as_ref()
-                .map(|(d, c)| json!({"verdict": d.label(), "categories": c}))
-        };
-        let mut guard = serde_json::Map::new();
-        guard.insert("policy".to_owned(), json!(self.policy));
-        if let Some(v) = verdict(&self.input) {
-            guard.insert("input".to_owned(), v);
-        }
-        if let Some(v) = verdict(&self.output) {
-            guard.insert("output".to_owned(), v);
-        }
-        json!({"guard": guard})
-    }
-}
 
 pub async fn chat(state: AppState, mut request: ChatRequest) -> Result<Response, ApiError> {
     // 1. parse + validate
     validate(&request)?;
 
-    // 2. resolve the model and its policy
+    // 2. resolve the model, its policy and its knowledge base
     let route = state
         .pool
         .route(&request.model)
@@ -115,51 +63,86 @@ pub async fn chat(state: AppState, mut request: ChatRequest) -> Result<Response,
             Some((guard.clone(), policy))
         }
     };
+    let options = request.warden.take().unwrap_or_default();
+    let plan = retrieval::plan(&state, &route, &options, &request)?;
 
-    // 3. pre-dispatch checks
-    request.warden = None;
-    let mut note = GuardNote::default();
-    if let Some((guard, policy)) = &guarded {
-        note.policy = policy.name.clone();
-        if policy.check_input {
-            if let Some(field) = UNGUARDED_FIELDS
-                .iter()
-                .find(|f| request.extra.contains_key(**f))
-            {
-                return Err(ApiError::invalid(
-                    format!(
-                        "`{field}` carries text the safety guard cannot check, so it is not accepted while input moderation is on"
-                    ),
-                    Some((*field).to_owned()),
+    // 3. pre-dispatch checks: the input guard and retrieval, at the same time
+    let mut note = Note::default();
+    let input_check = async {
+        let Some((guard, policy)) = &guarded else {
+            return Ok(None);
+        };
+        if !policy.check_input {
+            return Ok(None);
+        }
+        if let Some(field) = UNGUARDED_FIELDS
+            .iter()
+            .find(|f| request.extra.contains_key(**f))
+        {
+            return Err(ApiError::invalid(
+                format!(
+                    "`{field}` carries text the safety guard cannot check, so it is not accepted while input moderation is on"
+                ),
+                Some((*field).to_owned()),
+            ));
+        }
+        Ok(Some(guard.check_input(policy, &request, &request_id).await))
+    };
+    let search = async {
+        match (&plan, &state.knowledge) {
+            (Some(plan), Some(knowledge)) => Some(
+                knowledge
+                    .search(&plan.collection, DEFAULT_TENANT, &plan.query, plan.top_k)
+                    .await,
+            ),
+            _ => None,
+        }
+    };
+    let (input, found) = tokio::join!(input_check, search);
+    if let Some((_, policy)) = &guarded {
+        note.guard = Some(GuardNote {
+            policy: policy.name.clone(),
+            ..GuardNote::default()
+        });
+    }
+    if let (Some(judgement), Some((_, policy))) = (input?, &guarded) {
+        let decision = judgement.decide(policy);
+        let categories = judgement.categories();
+        log_decision(
+            "input",
+            policy,
+            decision,
+            &categories,
+            judgement.failure.as_deref(),
+        );
+        if let Some(guard_note) = note.guard.as_mut() {
+            guard_note.input = Some((decision, categories));
+        }
+        match decision {
+            Decision::Blocked => {
+                return Ok(refuse(
+                    policy,
+                    &note,
+                    identity,
+                    request.is_stream(),
+                    include_usage,
                 ));
             }
-            let judgement = guard.check_input(policy, &request, &request_id).await;
-            let decision = judgement.decide(policy);
-            let categories = judgement.categories();
-            log_decision(
-                "input",
-                policy,
-                decision,
-                &categories,
-                judgement.failure.as_deref(),
-            );
-            note.input = Some((decision, categories.clone()));
-            match decision {
-                Decision::Blocked => {
-                    return Ok(refuse(
-                        policy,
-                        &note,
-                        identity,
-                        request.is_stream(),
-                        include_usage,
-                    ));
-                }
-                Decision::Unavailable => {
-                    return Err(guard_unavailable());
-                }
-                _ => {}
-            }
+            Decision::Unavailable => return Err(guard_unavailable()),
+            _ => {}
         }
+    }
+    if let (Some(plan), Some(found)) = (&plan, found) {
+        let retrieval_note = retrieval::inject(
+            &state,
+            guarded.as_ref(),
+            plan,
+            found,
+            &mut request,
+            &request_id,
+        )
+        .await?;
+        note.retrieval = Some(retrieval_note);
     }
     let moderator = guarded.as_ref().and_then(|(guard, policy)| {
         policy.check_output.then(|| {
@@ -176,7 +159,8 @@ pub async fn chat(state: AppState, mut request: ChatRequest) -> Result<Response,
     if request.is_stream() {
         let started = state.pool.stream(&route, request, &request_id).await?;
         tracing::debug!(backend = %started.backend, "stream started");
-        let header = note.header();
+        let mut headers = axum::http::HeaderMap::new();
+        note.headers(&mut headers);
         let mut response = relay::sse(
             started,
             RelayOptions {
@@ -185,12 +169,10 @@ pub async fn chat(state: AppState, mut request: ChatRequest) -> Result<Response,
                 request_id,
                 keep_alive: state.config.server.sse_keep_alive,
                 moderator,
-                note: guarded.is_some().then_some(note),
+                note: (!note.is_empty()).then_some(note),
             },
         );
-        if let Some(header) = header {
-            response.headers_mut().insert(GUARD_HEADER, header);
-        }
+        response.headers_mut().extend(headers);
         Ok(response)
     } else {
         let (mut completion, backend) = state.pool.complete(&route, request, &request_id).await?;
@@ -212,7 +194,7 @@ pub async fn chat(state: AppState, mut request: ChatRequest) -> Result<Response,
             }
             let decision = moderator.check_rest().await;
             let categories = moderator.judgement.categories();
-            note.output = Some((decision, categories));
+            note.set_output(decision, categories);
             match decision {
                 Decision::Unavailable => return Err(guard_unavailable()),
                 Decision::Blocked => {
@@ -225,13 +207,11 @@ pub async fn chat(state: AppState, mut request: ChatRequest) -> Result<Response,
                 _ => {}
             }
         }
-        if guarded.is_some() {
+        if !note.is_empty() {
             completion.extra.insert("warden".to_owned(), note.json());
         }
         let mut response = Json(completion).into_response();
-        if let Some(header) = note.header() {
-            response.headers_mut().insert(GUARD_HEADER, header);
-        }
+        note.headers(response.headers_mut());
         Ok(response)
     }
 }
@@ -269,14 +249,15 @@ fn log_decision(
 /// `finish_reason: "content_filter"` (streamed or not), or a 400 with code `content_filter`.
 fn refuse(
     policy: &Arc<Policy>,
-    note: &GuardNote,
+    note: &Note,
     identity: StreamIdentity,
     stream: bool,
     include_usage: bool,
 ) -> Response {
     let categories = note
-        .input
+        .guard
         .as_ref()
+        .and_then(|g| g.input.as_ref())
         .map(|(_, c)| c.clone())
         .unwrap_or_default();
     let mut response = match policy.on_block {
@@ -308,9 +289,7 @@ fn refuse(
             Json(completion).into_response()
         }
     };
-    if let Some(header) = note.header() {
-        response.headers_mut().insert(GUARD_HEADER, header);
-    }
+    note.headers(response.headers_mut());
     response
 }
 

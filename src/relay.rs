@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::guard::Decision;
 use crate::guard::output::{CheckFuture, OutputModerator};
 use crate::guard::policy::StreamMode;
-use crate::pipeline::GuardNote;
+use crate::note::Note;
 use crate::types::{ChatChunk, ChunkChoice, Delta, Usage, chunk_object};
 
 /// The id, creation time and model name shared by every chunk of one response.
@@ -46,8 +46,8 @@ pub struct RelayOptions {
     pub request_id: String,
     pub keep_alive: Duration,
     pub moderator: Option<OutputModerator>,
-    /// The guard's notes, sent in the `warden` object of the first and last chunks.
-    pub note: Option<GuardNote>,
+    /// The `warden` object: all of it on the first chunk, the guard's verdicts on the last.
+    pub note: Option<Note>,
 }
 
 pub fn sse(started: StartedStream, options: RelayOptions) -> Response {
@@ -146,7 +146,7 @@ struct Relay {
     include_usage: bool,
     usage: Option<Usage>,
     request_id: String,
-    note: Option<GuardNote>,
+    note: Option<Note>,
     first_sent: bool,
     moderation: Option<Moderation>,
     done: bool,
@@ -305,7 +305,7 @@ impl Relay {
             }
             let categories = moderation.moderator.judgement.categories();
             if let Some(note) = self.note.as_mut() {
-                note.output = Some((decision, categories));
+                note.set_output(decision, categories);
             }
         }
         let mut events = self.release_held();
@@ -330,9 +330,9 @@ impl Relay {
             let finishing = chunk.choices.iter().any(|c| c.finish_reason.is_some());
             if finishing
                 && let Some(note) = &self.note
-                && note.output.is_some()
+                && note.has_output()
             {
-                chunk.extra.insert("warden".to_owned(), note.json());
+                chunk.extra.insert("warden".to_owned(), note.json_last());
             }
             events.push(self.emit(chunk));
         }
@@ -378,11 +378,11 @@ impl Relay {
             ];
         }
         if let Some(note) = self.note.as_mut() {
-            note.output = Some((decision, categories));
+            note.set_output(decision, categories);
         }
         let mut last = chunk(&self.identity, Delta::default(), Some("content_filter"));
         if let Some(note) = &self.note {
-            last.extra.insert("warden".to_owned(), note.json());
+            last.extra.insert("warden".to_owned(), note.json_last());
         }
         let mut events = vec![json_event(&last)];
         if self.include_usage

@@ -2,15 +2,33 @@
 //! handlers and the pipeline.
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
-use crate::handlers::{chat, fallback, health, models, moderations};
+use crate::handlers::{chat, collections, embeddings, fallback, health, models, moderations};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/moderations", post(moderations::create))
+        .route("/v1/embeddings", post(embeddings::create))
+        .route(
+            "/v1/collections",
+            get(collections::list).post(collections::create),
+        )
+        .route(
+            "/v1/collections/{name}",
+            delete(collections::drop_collection),
+        )
+        .route(
+            "/v1/collections/{name}/documents",
+            post(collections::add_document),
+        )
+        .route("/v1/collections/{name}/files", post(collections::upload))
+        .route(
+            "/v1/collections/{name}/documents/{doc_id}",
+            delete(collections::delete_document),
+        )
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
         .route("/healthz", get(health::healthz))

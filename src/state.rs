@@ -6,7 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::backends::pool::Pool;
 use crate::config::Config;
+use crate::embed::Embedder;
 use crate::guard::Guard;
+use crate::knowledge::Knowledge;
+use crate::store::Store;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,6 +17,10 @@ pub struct AppState {
     pub pool: Arc<Pool>,
     /// `None` when the config has no `[guard]`: requests are not moderated.
     pub guard: Option<Arc<Guard>>,
+    /// The in-process embedding model, when `[embeddings]` is configured.
+    pub embedder: Option<Arc<Embedder>>,
+    /// Retrieval and ingestion, when both `[embeddings]` and `[milvus]` are configured.
+    pub knowledge: Option<Arc<Knowledge>>,
     /// Unix seconds at start-up; the `created` of every entry of `/v1/models`.
     pub started_at: u64,
 }
@@ -49,10 +56,29 @@ impl AppState {
                 Some(Arc::new(guard))
             }
         };
+        let embedder = match &config.embeddings {
+            None => None,
+            Some(embeddings) => {
+                let embedder =
+                    Embedder::load(embeddings).map_err(|e| format!("embeddings: {e}"))?;
+                tracing::info!(model = %embedder.model_id, dimension = embedder.dimension, device = if embeddings.cuda { "cuda" } else { "cpu" }, "embedding model loaded");
+                Some(Arc::new(embedder))
+            }
+        };
+        let knowledge = match (&embedder, &config.milvus) {
+            (Some(embedder), Some(milvus)) => Some(Arc::new(Knowledge::new(
+                embedder.clone(),
+                Arc::new(Store::new(milvus)),
+                config.retrieval.clone(),
+            ))),
+            _ => None,
+        };
         Ok(AppState {
             config: Arc::new(config),
             pool: Arc::new(pool),
             guard,
+            embedder,
+            knowledge,
             started_at: unix_now(),
         })
     }

@@ -50,7 +50,17 @@ pub struct StreamOptions {
 /// is never silently ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WardenOptions {}
+pub struct WardenOptions {
+    /// Search this knowledge-base collection (instead of the model's own).
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// How many chunks to inject (1–100).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// `false` turns retrieval off for this request.
+    #[serde(default)]
+    pub rag: Option<bool>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

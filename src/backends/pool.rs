@@ -75,6 +75,8 @@ struct Target {
 
 pub struct ModelRoute {
     pub id: String,
+    /// The knowledge-base collection searched for this model by default.
+    pub collection: Option<String>,
     balance: Balance,
     targets: Vec<Target>,
     next: AtomicUsize,
@@ -148,6 +150,7 @@ impl Pool {
                 model.id.clone(),
                 Arc::new(ModelRoute {
                     id: model.id.clone(),
+                    collection: model.collection.clone(),
                     balance: model.balance,
                     targets,
                     next: AtomicUsize::new(0),

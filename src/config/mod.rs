@@ -8,7 +8,10 @@ mod raw;
 mod secret;
 
 pub use env::{AppliedOverride, CONFIG_PATH_VAR, Environment, MapEnv, ProcessEnv};
-pub use raw::{BackendKind, Balance, LogFormat, RawConfig};
+pub use raw::{
+    BackendKind, Balance, Consistency, Device, LogFormat, OnUnavailable, Placement, PoolingKind,
+    RawConfig,
+};
 pub use secret::Secret;
 
 use std::collections::HashSet;
@@ -28,6 +31,9 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     pub models: Vec<ModelConfig>,
     pub guard: Option<GuardConfig>,
+    pub embeddings: Option<EmbeddingsConfig>,
+    pub milvus: Option<MilvusConfig>,
+    pub retrieval: RetrievalConfig,
     /// The file as read plus overrides and defaults; secrets in it are references only.
     pub effective: RawConfig,
 }
@@ -39,6 +45,7 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub sse_keep_alive: Duration,
     pub readiness_timeout: Duration,
+    pub admin_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,7 +87,45 @@ pub struct GuardConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct EmbeddingsConfig {
+    pub model_dir: PathBuf,
+    pub model_id: String,
+    pub dimension: usize,
+    pub pooling: PoolingKind,
+    pub max_length: usize,
+    pub query_prefix: String,
+    pub passage_prefix: String,
+    pub cuda: bool,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub cache_capacity: u64,
+    pub onnxruntime: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MilvusConfig {
+    pub uri: String,
+    pub token: Option<Secret>,
+    pub database: Option<String>,
+    pub consistency: Consistency,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetrievalConfig {
+    pub top_k: usize,
+    pub min_score: f32,
+    pub template: String,
+    pub placement: Placement,
+    pub on_unavailable: OnUnavailable,
+    pub chunk_tokens: usize,
+    pub chunk_overlap_tokens: usize,
+    pub max_document_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
 pub struct ModelConfig {
+    pub collection: Option<String>,
     pub id: String,
     pub balance: Balance,
     pub policy: Option<String>,
@@ -232,6 +277,13 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
             "server.readiness_timeout_ms",
             raw.server.readiness_timeout_ms,
         )?,
+        admin_token: match &raw.server.admin_token {
+            None => None,
+            Some(reference) => Some(
+                resolve_secret(reference, env)
+                    .map_err(|m| error("server.admin_token".to_owned(), m))?,
+            ),
+        },
     };
 
     if raw.backends.is_empty() {
@@ -318,7 +370,14 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
                 "a model policy needs a `[guard]` section".to_owned(),
             ));
         }
+        if model.collection.is_some() && (raw.embeddings.is_none() || raw.milvus.is_none()) {
+            return Err(error(
+                format!("models[{i}].collection"),
+                "retrieval needs `[embeddings]` and `[milvus]` sections".to_owned(),
+            ));
+        }
         models.push(ModelConfig {
+            collection: model.collection.clone(),
             id: model.id.clone(),
             balance: model.balance,
             policy: model.policy.clone(),
@@ -381,9 +440,112 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
         }
     };
 
+    let embeddings = match &raw.embeddings {
+        None => None,
+        Some(e) => {
+            let key = |field: &str| format!("embeddings.{field}");
+            for (field, value) in [
+                ("dimension", e.dimension),
+                ("max_length", e.max_length),
+                ("threads", e.threads),
+                ("batch_size", e.batch_size),
+            ] {
+                if value == 0 {
+                    return Err(error(key(field), "must be greater than 0".to_owned()));
+                }
+            }
+            if e.model_dir.trim().is_empty() {
+                return Err(error(key("model_dir"), "must not be empty".to_owned()));
+            }
+            Some(EmbeddingsConfig {
+                model_dir: PathBuf::from(&e.model_dir),
+                model_id: e.model_id.clone(),
+                dimension: e.dimension,
+                pooling: e.pooling,
+                max_length: e.max_length,
+                query_prefix: e.query_prefix.clone(),
+                passage_prefix: e.passage_prefix.clone(),
+                cuda: e.device == Device::Cuda,
+                threads: e.threads,
+                batch_size: e.batch_size,
+                cache_capacity: e.cache_capacity,
+                onnxruntime: e.onnxruntime.as_ref().map(PathBuf::from),
+            })
+        }
+    };
+    let milvus = match &raw.milvus {
+        None => None,
+        Some(m) => {
+            let url = parse_base_url(&m.uri).map_err(|msg| error("milvus.uri".to_owned(), msg))?;
+            let token = match &m.token {
+                None => None,
+                Some(reference) => Some(
+                    resolve_secret(reference, env)
+                        .map_err(|msg| error("milvus.token".to_owned(), msg))?,
+                ),
+            };
+            Some(MilvusConfig {
+                uri: url.as_str().trim_end_matches('/').to_owned(),
+                token,
+                database: m.database.clone(),
+                consistency: m.consistency,
+                timeout: positive("milvus.timeout_ms", m.timeout_ms)?,
+            })
+        }
+    };
+    let r = &raw.retrieval;
+    if r.top_k == 0 || r.top_k > 100 {
+        return Err(error(
+            "retrieval.top_k".to_owned(),
+            "must be between 1 and 100".to_owned(),
+        ));
+    }
+    if !r.template.contains("{context_str}") {
+        return Err(error(
+            "retrieval.template".to_owned(),
+            "must contain {context_str} (where the retrieved text goes)".to_owned(),
+        ));
+    }
+    if r.placement == Placement::User && !r.template.contains("{query_str}") {
+        return Err(error(
+            "retrieval.template".to_owned(),
+            "with placement = \"user\" the template must contain {query_str}".to_owned(),
+        ));
+    }
+    if r.chunk_tokens < 16 || r.chunk_overlap_tokens >= r.chunk_tokens {
+        return Err(error(
+            "retrieval.chunk_overlap_tokens".to_owned(),
+            "chunk_tokens must be at least 16 and larger than chunk_overlap_tokens".to_owned(),
+        ));
+    }
+    if let Some(e) = &embeddings
+        && r.chunk_tokens > e.max_length
+    {
+        return Err(error(
+            "retrieval.chunk_tokens".to_owned(),
+            format!(
+                "must not exceed embeddings.max_length ({}): a chunk is never truncated before embedding",
+                e.max_length
+            ),
+        ));
+    }
+    let retrieval = RetrievalConfig {
+        top_k: r.top_k,
+        min_score: r.min_score,
+        template: r.template.clone(),
+        placement: r.placement,
+        on_unavailable: r.on_unavailable,
+        chunk_tokens: r.chunk_tokens,
+        chunk_overlap_tokens: r.chunk_overlap_tokens,
+        max_document_bytes: r.max_document_bytes,
+    };
+
     Ok(Config {
         source: path.to_owned(),
         guard,
+        embeddings,
+        milvus,
+        retrieval,
         server,
         log: LogConfig {
             format: raw.log.format,

@@ -17,6 +17,161 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<RawGuard>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<RawEmbeddings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milvus: Option<RawMilvus>,
+    #[serde(default)]
+    pub retrieval: RawRetrieval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolingKind {
+    #[default]
+    Mean,
+    Cls,
+}
+
+/// `[embeddings]`: the in-process embedding model.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbeddings {
+    /// Folder with `model.onnx`, `tokenizer.json`, `config.json`, `special_tokens_map.json`,
+    /// `tokenizer_config.json`.
+    pub model_dir: String,
+    #[serde(default = "default_model_id")]
+    pub model_id: String,
+    #[serde(default = "default_dimension")]
+    pub dimension: usize,
+    #[serde(default)]
+    pub pooling: PoolingKind,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default)]
+    pub query_prefix: String,
+    #[serde(default)]
+    pub passage_prefix: String,
+    #[serde(default)]
+    pub device: Device,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_embed_cache")]
+    pub cache_capacity: u64,
+    /// Path of `libonnxruntime.so`; `ORT_DYLIB_PATH` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnxruntime: Option<String>,
+}
+
+fn default_model_id() -> String {
+    "all-MiniLM-L6-v2".to_owned()
+}
+fn default_dimension() -> usize {
+    384
+}
+fn default_max_length() -> usize {
+    256
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_batch_size() -> usize {
+    32
+}
+fn default_embed_cache() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    Strong,
+    Session,
+    #[default]
+    Bounded,
+    Eventually,
+}
+
+/// `[milvus]`: the vector store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMilvus {
+    pub uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub consistency: Consistency,
+    #[serde(default = "default_milvus_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_milvus_timeout_ms() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// A system message before the conversation.
+    #[default]
+    System,
+    /// The last user message is replaced by the template filled with it.
+    User,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// 503 `retrieval_unavailable`.
+    #[default]
+    Fail,
+    /// Answer without context, and say so in the `warden` object.
+    AnswerWithout,
+}
+
+/// `[retrieval]`: how context is found and injected, and how documents are chunked.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetrieval {
+    pub top_k: usize,
+    pub min_score: f32,
+    pub template: String,
+    pub placement: Placement,
+    pub on_unavailable: OnUnavailable,
+    pub chunk_tokens: usize,
+    pub chunk_overlap_tokens: usize,
+    pub max_document_bytes: usize,
+}
+
+/// The notebook's QA prompt: the custom text-QA template of LlamaIndex's prompt documentation
+/// ("We have provided context information below. …"), kept to the character.
+pub const DEFAULT_TEMPLATE: &str = "We have provided context information below. \n---------------------\n{context_str}\n---------------------\nGiven this information, please answer the question: {query_str}\n";
+
+impl Default for RawRetrieval {
+    fn default() -> Self {
+        RawRetrieval {
+            top_k: 4,
+            min_score: 0.0,
+            template: DEFAULT_TEMPLATE.to_owned(),
+            placement: Placement::System,
+            on_unavailable: OnUnavailable::Fail,
+            chunk_tokens: 200,
+            chunk_overlap_tokens: 40,
+            max_document_bytes: 20 * 1024 * 1024,
+        }
+    }
 }
 
 /// `[guard]`: the Llama Guard model that judges requests and responses.
@@ -78,6 +233,10 @@ pub struct RawServer {
     pub shutdown_grace_ms: u64,
     pub sse_keep_alive_ms: u64,
     pub readiness_timeout_ms: u64,
+    /// Bearer token of the admin routes (knowledge base), by reference: `env:NAME`. Unset: the
+    /// admin routes answer 403.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
 }
 
 impl Default for RawServer {
@@ -88,6 +247,7 @@ impl Default for RawServer {
             shutdown_grace_ms: 30_000,
             sse_keep_alive_ms: 15_000,
             readiness_timeout_ms: 2_000,
+            admin_token: None,
         }
     }
 }
@@ -180,6 +340,10 @@ pub struct RawModel {
     /// The safety policy for this model; the guard's default policy when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// The knowledge-base collection searched for this model's requests; none: no retrieval
+    /// unless the request names one (`warden.collection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
     pub targets: Vec<RawTarget>,
 }
 

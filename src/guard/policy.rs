@@ -49,6 +49,8 @@ pub enum Action {
 pub enum Check {
     Input,
     Output,
+    /// Chunks retrieved from the knowledge base: an unsafe one is left out of the context.
+    Retrieved,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -100,7 +102,7 @@ struct RawPolicy {
 }
 
 fn default_checks() -> Vec<Check> {
-    vec![Check::Input, Check::Output]
+    vec![Check::Input, Check::Output, Check::Retrieved]
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +159,7 @@ pub struct Policy {
     pub description: String,
     pub check_input: bool,
     pub check_output: bool,
+    pub check_retrieved: bool,
     pub refusal: String,
     pub on_block: BlockStyle,
     pub fail_mode: FailMode,
@@ -339,7 +342,10 @@ impl Policy {
 
         let check_input = raw.checks.contains(&Check::Input);
         let check_output = raw.checks.contains(&Check::Output);
-        if (check_input || check_output) && categories.iter().all(|c| c.action == Action::Allow) {
+        let check_retrieved = raw.checks.contains(&Check::Retrieved);
+        if (check_input || check_output || check_retrieved)
+            && categories.iter().all(|c| c.action == Action::Allow)
+        {
             return Err(error(
                 None,
                 Some("categories".to_owned()),
@@ -374,6 +380,7 @@ impl Policy {
             description: raw.description,
             check_input,
             check_output,
+            check_retrieved,
             refusal,
             on_block: raw.on_block,
             fail_mode: raw.on_guard_failure,

@@ -20,6 +20,20 @@ pub struct Readiness {
     pub backends: BTreeMap<String, BackendStatus>,
     pub models: BTreeMap<String, ModelStatus>,
     pub guard: GuardStatus,
+    pub knowledge: KnowledgeStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KnowledgeStatus {
+    /// `up`, `down` or `disabled` (no `[milvus]`).
+    pub milvus: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The embedding model, when one is loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<String>,
+    /// Whether Warden is not ready while Milvus is down (`retrieval.on_unavailable = "fail"`).
+    pub required: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,7 +78,33 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         let result = handle.backend.probe(timeout).await;
         (handle.name.clone(), started.elapsed(), result)
     });
-    let results = futures_util::future::join_all(probes).await;
+    let milvus_probe = async {
+        match &state.knowledge {
+            None => None,
+            Some(knowledge) => Some(tokio::time::timeout(timeout, knowledge.store.ping()).await),
+        }
+    };
+    let (results, milvus) = tokio::join!(futures_util::future::join_all(probes), milvus_probe);
+    let knowledge = KnowledgeStatus {
+        milvus: match &milvus {
+            None => "disabled",
+            Some(Ok(Ok(()))) => "up",
+            Some(_) => "down",
+        },
+        error: match milvus {
+            Some(Ok(Err(err))) => {
+                tracing::warn!(error = %err, "readiness: Milvus is down");
+                Some("Milvus does not answer".to_owned())
+            }
+            Some(Err(_)) => Some("Milvus did not answer in time".to_owned()),
+            _ => None,
+        },
+        embeddings: state.embedder.as_ref().map(|e| e.model_id.clone()),
+        required: state
+            .knowledge
+            .as_ref()
+            .is_some_and(|k| k.retrieval.on_unavailable == crate::config::OnUnavailable::Fail),
+    };
 
     let mut backends = BTreeMap::new();
     let mut served: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -156,6 +196,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         backends,
         models,
         guard,
+        knowledge,
     };
     (code, Json(readiness))
 }

@@ -210,3 +210,55 @@ async fn a_slow_stream_arrives_chunk_by_chunk() {
     }
     assert!(String::from_utf8_lossy(&rest).ends_with("data: [DONE]\n\n"));
 }
+
+#[tokio::test]
+async fn a_recorded_llama_cpp_stream_comes_out_with_one_id_and_usage_last() {
+    // llama.cpp stamps `created` per chunk and sends `content: null` in its first delta.
+    let (upstream, warden) = single(Flavor::OpenAi).await;
+    upstream.script(|s| s.stream_fixture = "llamacpp/chat_stream_usage.sse".into());
+    let mut body = chat_body(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let text = warden
+        .post("/v1/chat/completions", body)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let chunks = sse_chunks(&text);
+    assert_eq!(
+        streamed_text(&chunks),
+        fixture_text("llamacpp/chat_stream_usage.sse")
+    );
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["id"] == chunks[0]["id"] && c["created"] == chunks[0]["created"])
+    );
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["completion_tokens"], 12);
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "length"
+    );
+}
+
+#[tokio::test]
+async fn a_recorded_llama_cpp_completion_passes_through() {
+    let (upstream, warden) = single(Flavor::OpenAi).await;
+    upstream.script(|s| s.body_fixture = "llamacpp/chat.json".into());
+    let answer: serde_json::Value = warden
+        .post("/v1/chat/completions", chat_body(false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let recorded: serde_json::Value =
+        serde_json::from_str(&crate::fake_upstream::fixture("llamacpp/chat.json")).unwrap();
+    assert_eq!(answer["choices"], recorded["choices"]);
+    assert_eq!(
+        answer["timings"], recorded["timings"],
+        "vendor fields pass through"
+    );
+    assert_eq!(answer["model"], "llama3.2");
+}

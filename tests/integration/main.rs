@@ -20,5 +20,8 @@ mod errors;
 mod failover;
 mod guard;
 mod health;
+mod llama;
+mod retrieval;
 mod sdk;
 mod shutdown;
+mod store;

@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# Milvus servers for Warden's tests and local runs, from PyPI wheels only (no Docker).
+#
+#   scripts/milvus.sh setup [lite|standalone|all]   # venv + wheels (cold ~25-40 s, warm <0.1 s); default all
+#   scripts/milvus.sh start-lite DATA_DIR PORT       # Milvus Lite on 127.0.0.1:PORT; prints its PID
+#   scripts/milvus.sh start-standalone DATA_DIR PORT # Milvus 2.3.5 engine on 127.0.0.1:PORT; prints its PID
+#   scripts/milvus.sh stop PID                       # graceful stop of what a start-* printed
+#                                                    # (SIGKILL after $WARDEN_MILVUS_STOP_TIMEOUT s, default 30)
+# e.g.  pid=$(scripts/milvus.sh start-lite "$tmp/milvus" 19530); ...; scripts/milvus.sh stop "$pid"
+#
+# Both servers speak Milvus's gRPC API on PORT and keep their data in DATA_DIR (it persists across
+# restarts; after a restart, load the collection again before searching). Each runs in its own process
+# group (PID is the group's leader), logs to DATA_DIR/milvus-lite.log or DATA_DIR/milvus-standalone.log,
+# and a start fails early, with the log's tail, when PORT is taken, or the server dies or is not ready
+# in time (60 s Lite, 180 s standalone).
+#
+# - Milvus Lite 3.2.2 (a Python re-implementation of the gRPC API): ready in ~1 s, stops on SIGINT
+#   in ~2 s (SIGTERM would kill it without its graceful shutdown). Supports HNSW, HNSW_SQ, IVF_FLAT,
+#   IVF_SQ8, FLAT and AUTOINDEX; other index types (IVF_PQ, DISKANN, ...) are accepted and reported
+#   "Finished" but fail in the background (traceback in the log). Full-text search works: a VARCHAR
+#   field with enable_analyzer, a SPARSE_FLOAT_VECTOR field fed by a BM25 Function, index
+#   SPARSE_INVERTED_INDEX with metric BM25 (scores come back negated: best first, most negative).
+#   From milvus-sdk-rust, create indexes asynchronously and poll describe_index (see RECIPES.md;
+#   pymilvus's synchronous create_index works).
+# - Milvus 2.3.5 standalone (the real C++/Go engine, via the `milvus` wheel's launcher): ready in ~3 s
+#   on a fresh DATA_DIR (~270 MB of etcd/rocksmq files each), stops on SIGTERM in ~2 s, ~11 s when a
+#   collection is loaded, and sometimes not within 30 s (then SIGKILL) despite
+#   common.gracefulStopTimeout=10. No sparse vectors or BM25 (2.4/2.5 features): such a collection is
+#   created, but inserting, indexing and searching it fail. Restarted on an old DATA_DIR, its first DDL
+#   call can block ~25 s until the previous run's sessions expire: prefer a fresh DATA_DIR per test run.
+#   Its gRPC ports listen on all interfaces (the *.ip=127.0.0.1 settings only set advertised addresses).
+#   The wheel's `milvus-server --help` offers --proxy-port, --etcd-port and the internal gRPC ports,
+#   but not the health/metrics port (hard-wired to "9091, or the next free port"); the embedded etcd
+#   listens on 2379/2380 whatever --etcd-port says. This script sets all of them from PORT, so runs
+#   with different PORTs do not collide (ports PORT..PORT+11 must be free):
+#     PORT     proxy gRPC (clients)          PORT+1   health/metrics: GET /healthz says OK
+#     PORT+2   embedded etcd, clients        PORT+3   embedded etcd, peers
+#     PORT+4.. proxy internal, root/query/data/index coordinators and nodes (8 ports)
+#   Its binaries (~250 MB) are unpacked once, by `setup`, into the cache; each DATA_DIR links to them.
+#
+# Everything lives under ${WARDEN_CACHE:-$HOME/.cache/warden}, outside the clone:
+#   milvus-venv/             venv with milvus-lite, pymilvus (Lite needs it, undeclared) and milvus (~510 MB)
+#   milvus-venv/.stamp-*     one stamp per pinned set of wheels: setup skips a set that is installed
+#   milvus-standalone/bin/   the 2.3.5 engine's binaries and libraries, unpacked from the wheel
+#
+# Recipe: /work/shared/RECIPES.md, "Milvus for tests and local use" (Milvus Lite 3.2.2; Milvus 2.3.5
+# standalone: --proxy-port, every <role>.ip=127.0.0.1, common.gracefulStopTimeout=10; `set -m` so
+# that a background server gets its own process group and does not ignore SIGINT).
+set -euo pipefail
+
+CACHE="${WARDEN_CACHE:-$HOME/.cache/warden}"
+VENV="$CACHE/milvus-venv"
+STANDALONE_HOME="$CACHE/milvus-standalone"
+
+# Pinned sets of wheels; each is installed (and stamped) as one unit.
+LITE_SET=(milvus-lite==3.2.2 pymilvus==3.0.2)
+STANDALONE_SET=(milvus==2.3.5) # 2.3.9 has no Linux wheel
+
+# A pinned set as a file-name part: "milvus-lite-3.2.2+pymilvus-3.0.2".
+set_id() { local IFS=+; echo "$*" | sed 's/==/-/g'; }
+LITE_STAMP="$VENV/.stamp-lite-$(set_id "${LITE_SET[@]}")"
+STANDALONE_STAMP="$VENV/.stamp-standalone-$(set_id "${STANDALONE_SET[@]}")"
+UNPACKED_STAMP="$STANDALONE_HOME/.unpacked-$(set_id "${STANDALONE_SET[@]}")"
+
+LITE_READY_TIMEOUT=60
+STANDALONE_READY_TIMEOUT=180
+STOP_TIMEOUT="${WARDEN_MILVUS_STOP_TIMEOUT:-30}" # seconds from SIGINT/SIGTERM to SIGKILL
+
+log() { echo "milvus.sh: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+# A working venv (re-created when its Python is gone, e.g. after a Python upgrade).
+ensure_venv() {
+  if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c '' 2>/dev/null; then
+    return
+  fi
+  log "venv: creating $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+}
+
+# install_set NAME STAMP SPEC... : pip-installs SPEC... unless STAMP is there.
+install_set() {
+  local name="$1" stamp="$2"; shift 2
+  if [[ -f "$stamp" ]]; then
+    log "$name: installed ($*)"
+    return
+  fi
+  log "$name: installing $*"
+  "$VENV/bin/pip" install --disable-pip-version-check --quiet "$@"
+  rm -f "$VENV/.stamp-$name-"* # an older pinned set of the same name
+  touch "$stamp"
+}
+
+# The standalone engine's binaries, unpacked once from the wheel's .lzma files (the wheel's launcher
+# would otherwise unpack ~250 MB into every data dir). Re-done when the wheel changes.
+unpack_standalone() {
+  if [[ -f "$UNPACKED_STAMP" ]]; then
+    log "standalone: binaries unpacked ($STANDALONE_HOME/bin)"
+    return
+  fi
+  log "standalone: unpacking binaries into $STANDALONE_HOME/bin"
+  rm -rf "$STANDALONE_HOME"
+  mkdir -p "$STANDALONE_HOME"
+  "$VENV/bin/python" -c 'import sys, milvus; milvus._initialize_data_files(sys.argv[1])' "$STANDALONE_HOME"
+  touch "$UNPACKED_STAMP"
+}
+
+setup() {
+  local what="${1:-all}"
+  case "$what" in lite | standalone | all) ;; *) usage; exit 2 ;; esac
+  mkdir -p "$CACHE"
+  # One setup at a time per cache (e.g. parallel CI jobs on one machine).
+  exec 9>"$CACHE/.milvus-setup.lock"
+  flock 9
+  ensure_venv
+  if [[ $what != standalone ]]; then install_set lite "$LITE_STAMP" "${LITE_SET[@]}"; fi
+  if [[ $what != lite ]]; then
+    install_set standalone "$STANDALONE_STAMP" "${STANDALONE_SET[@]}"
+    unpack_standalone
+  fi
+  log "setup done ($what)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# start / stop
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# check_port_arg NAME VALUE
+check_port_arg() {
+  [[ "$2" =~ ^[0-9]+$ ]] && (($2 >= 1 && $2 <= 65535)) || die "$1 must be a TCP port, got '$2'"
+}
+
+# require_free_ports PORT... : fail when something already listens on one of them.
+require_free_ports() {
+  local p
+  for p in "$@"; do
+    ! port_open "$p" || die "port $p on 127.0.0.1 is already in use"
+  done
+}
+
+# The server's log tail, for a failure message.
+fail_with_log() {
+  local logfile="$1" msg="$2"
+  log "$msg; last lines of $logfile:"
+  tail -n 40 "$logfile" >&2 || true
+  exit 1
+}
+
+# Background-start "$@" in its own process group; sets STARTED_PID. With job control on (set -m),
+# bash gives a background job its own process group and, unlike without it, leaves SIGINT alone.
+spawn() {
+  local logfile="$1"; shift
+  set -m
+  "$@" </dev/null >>"$logfile" 2>&1 &
+  STARTED_PID=$!
+  set +m
+  disown "$STARTED_PID" # no "Killed"/"Done" notices from this shell
+}
+
+# wait_ready PID TIMEOUT LOGFILE WHAT CHECK...: poll CHECK until it succeeds; fail (stopping the
+# server) when the process dies or TIMEOUT seconds pass.
+wait_ready() {
+  local pid="$1" timeout="$2" logfile="$3" what="$4"; shift 4
+  local deadline=$((SECONDS + timeout))
+  until "$@"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      fail_with_log "$logfile" "$what exited before it was ready"
+    fi
+    if ((SECONDS >= deadline)); then
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      fail_with_log "$logfile" "$what not ready after ${timeout}s (killed)"
+    fi
+    sleep 0.2
+  done
+}
+
+start_lite() {
+  (($# == 2)) || { usage; exit 2; }
+  local data="$1" port="$2"
+  check_port_arg PORT "$port"
+  [[ -f "$LITE_STAMP" ]] ||
+    die "Milvus Lite is not installed: run '$0 setup lite' first"
+  require_free_ports "$port"
+  mkdir -p "$data"
+  data=$(cd "$data" && pwd)
+  local logfile="$data/milvus-lite.log"
+  echo "=== $(date -Is) start-lite port $port" >>"$logfile"
+  # `milvus-lite server ...`, with SIGINT (its graceful stop) handled even when our caller ignores it
+  # (bash cannot un-ignore a signal it was started with ignored, e.g. under nohup or a background job).
+  spawn "$logfile" "$VENV/bin/python" -c '
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from milvus_lite.cmdline import main
+sys.argv[0] = "milvus-lite"
+sys.exit(main())' server --data-dir "$data" --host 127.0.0.1 --port "$port"
+  wait_ready "$STARTED_PID" "$LITE_READY_TIMEOUT" "$logfile" "Milvus Lite" port_open "$port"
+  echo "$STARTED_PID"
+}
+
+# The wheel's launcher (`milvus-server`, i.e. milvus.main()) with four fixes, as a `python -c` program
+# taking the health/metrics port first, then milvus-server's arguments:
+# - it hard-wires the health/metrics port to "9091 or the next free one": take it from argv[1];
+# - it probes each port by binding it without SO_REUSEADDR, so a port still in TIME_WAIT from a
+#   server that just stopped looks busy, and it then silently moves that service to the next free port
+#   (seen: health on PORT+3, clashing with etcd): probe with SO_REUSEADDR, like the Go servers bind;
+# - a port that is really busy is an error, not a silent move;
+# - it waits forever when the engine dies (its `running` only checks that it was started): make
+#   `running` mean "the engine process is alive", so the launcher exits when the engine does.
+# With --debug the launcher passes the engine's stdout/stderr through (to our log) instead of writing
+# DATA_DIR/logs/milvus-std{out,err}.log, and logs the resolved config.
+STANDALONE_LAUNCHER='
+import socket, sys
+import milvus
+
+def try_bind_port(self, port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+resolve_any_port = milvus.MilvusServerConfig.resolve_port
+
+def resolve_exact_port(self, port_start):
+    port, sock = resolve_any_port(self, port_start)
+    if port != port_start:
+        if sock:
+            sock.close()
+        print(f"milvus launcher: port {port_start} is busy", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    return port, sock
+
+milvus.MilvusServerConfig.try_bind_port = try_bind_port
+milvus.MilvusServerConfig.resolve_port = resolve_exact_port
+milvus.MilvusServer.running = property(lambda self: self.server_proc is not None and self.server_proc.poll() is None)
+health_port = int(sys.argv.pop(1))
+milvus.default_server.webservice_port = milvus.debug_server.webservice_port = health_port
+sys.argv[0] = "milvus-server"
+milvus.main()
+'
+
+healthz_ok() { curl -fsS --max-time 2 "http://127.0.0.1:$1/healthz" 2>/dev/null | grep -q OK; }
+
+start_standalone() {
+  (($# == 2)) || { usage; exit 2; }
+  local data="$1" port="$2"
+  check_port_arg PORT "$port"
+  (( port + 11 <= 65535 )) || die "PORT+11 must be a TCP port"
+  [[ -f "$STANDALONE_STAMP" && -f "$UNPACKED_STAMP" ]] ||
+    die "Milvus standalone is not installed: run '$0 setup standalone' first"
+  local health=$((port + 1)) etcd_client=$((port + 2)) etcd_peer=$((port + 3))
+  require_free_ports $(seq "$port" $((port + 11)))
+  mkdir -p "$data"
+  data=$(cd "$data" && pwd)
+  local logfile="$data/milvus-standalone.log"
+
+  # The engine's binaries: shared from the cache (the launcher checks their md5 and leaves them).
+  [[ -e "$data/bin" ]] || ln -s "$STANDALONE_HOME/bin" "$data/bin"
+
+  # Embedded etcd: its listen ports are not in the launcher's config template; Milvus reads an etcd
+  # config file named by etcd.config.path, which environment variable ETCD_CONFIG_PATH sets.
+  mkdir -p "$data/configs"
+  cat >"$data/configs/etcd-embed.yaml" <<EOF
+name: default
+listen-client-urls: http://127.0.0.1:$etcd_client
+advertise-client-urls: http://127.0.0.1:$etcd_client
+listen-peer-urls: http://127.0.0.1:$etcd_peer
+initial-advertise-peer-urls: http://127.0.0.1:$etcd_peer
+initial-cluster: default=http://127.0.0.1:$etcd_peer
+EOF
+
+  local args=(--data "$data" --proxy-port "$port" --etcd-port "$etcd_client"
+    --proxy-internal-port $((port + 4)) --root-coord-port $((port + 5))
+    --query-coord-port $((port + 6)) --query-node-port $((port + 7))
+    --index-coord-port $((port + 8)) --index-node-port $((port + 9))
+    --data-coord-port $((port + 10)) --data-node-port $((port + 11))
+    --extra-config common.gracefulStopTimeout=10)
+  local role
+  for role in rootCoord proxy queryCoord queryNode indexNode dataCoord dataNode; do
+    args+=(--extra-config "$role.ip=127.0.0.1")
+  done
+
+  echo "=== $(date -Is) start-standalone port $port (health $health, etcd $etcd_client/$etcd_peer)" >>"$logfile"
+  spawn "$logfile" env ETCD_CONFIG_PATH="$data/configs/etcd-embed.yaml" \
+    "$VENV/bin/python" -c "$STANDALONE_LAUNCHER" "$health" --debug "${args[@]}"
+  wait_ready "$STARTED_PID" "$STANDALONE_READY_TIMEOUT" "$logfile" "Milvus standalone" healthz_ok "$health"
+  echo "$STARTED_PID"
+}
+
+# group_members PGID: "PID COMMAND-LINE" of the live (not zombie) processes in that process group.
+group_members() {
+  ps -eo pid=,pgid=,stat=,args= | awk -v g="$1" '$2 == g && $3 !~ /^Z/ { $2 = ""; $3 = ""; print }'
+}
+
+stop() {
+  (($# == 1)) || { usage; exit 2; }
+  local pid="$1" members
+  [[ "$pid" =~ ^[0-9]+$ ]] || die "PID must be a number, got '$pid'"
+  members=$(group_members "$pid")
+  if [[ -z "$members" ]]; then
+    log "process group $pid: not running"
+    return
+  fi
+  grep -q milvus <<<"$members" || die "process group $pid is not a Milvus server: $members"
+  # Milvus Lite shuts down gracefully on SIGINT (SIGTERM kills it outright); the standalone engine on
+  # SIGTERM (the launcher's own SIGINT handler SIGKILLs the engine after 1 s).
+  local sig=TERM
+  if grep -q 'milvus[-_]lite' <<<"$members"; then sig=INT; fi
+  kill -"$sig" -- "-$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + STOP_TIMEOUT))
+  while [[ -n "$(group_members "$pid")" ]]; do
+    if ((SECONDS >= deadline)); then
+      log "process group $pid: still running ${STOP_TIMEOUT}s after SIG$sig, sending SIGKILL"
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      sleep 0.5
+      return
+    fi
+    sleep 0.2
+  done
+  log "process group $pid: stopped (SIG$sig)"
+}
+
+usage() {
+  cat >&2 <<EOF
+usage: $0 setup [lite|standalone|all]
+       $0 start-lite DATA_DIR PORT
+       $0 start-standalone DATA_DIR PORT
+       $0 stop PID
+  setup             install Milvus Lite / the Milvus 2.3.5 standalone engine under $CACHE
+  start-lite        start Milvus Lite on 127.0.0.1:PORT in the background; print its PID
+  start-standalone  start Milvus 2.3.5 on 127.0.0.1:PORT (uses PORT..PORT+11; health on PORT+1); print its PID
+  stop              stop that process group (SIGINT for Lite, SIGTERM for standalone; SIGKILL after ${STOP_TIMEOUT}s)
+EOF
+}
+
+cmd="${1:-}"
+(($# == 0)) || shift
+case "$cmd" in
+  setup) setup "$@" ;;
+  start-lite) start_lite "$@" ;;
+  start-standalone) start_standalone "$@" ;;
+  stop) stop "$@" ;;
+  -h | --help | help) usage ;;
+  *) usage; exit 2 ;;
+esac

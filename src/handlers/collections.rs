@@ -1,0 +1,343 @@
+//! The knowledge base over HTTP, for admin callers: collections, documents (raw text, a URL, or
+//! an uploaded file). The `warden` CLI does the same through the same module.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::ingest::text::{Format, extract, format_of};
+use crate::knowledge::{DEFAULT_TENANT, Document, Knowledge, KnowledgeError, doc_id_for};
+use crate::state::AppState;
+use crate::store::{StoreError, valid_collection_name};
+
+/// A caller holding the admin token (`server.admin_token`), compared in constant time.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(expected) = &state.config.server.admin_token else {
+            return Err(ApiError::Forbidden {
+                message: "admin routes are disabled: set server.admin_token to enable them"
+                    .to_owned(),
+            });
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        // Hashing first makes the comparison independent of where the strings differ.
+        let a = Sha256::digest(given.as_bytes());
+        let b = Sha256::digest(expected.expose().as_bytes());
+        let same = a
+            .iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0;
+        if same {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+fn knowledge(state: &AppState) -> Result<&Arc<Knowledge>, ApiError> {
+    state.knowledge.as_ref().ok_or_else(|| ApiError::InvalidRequest {
+        message: "the knowledge base is not enabled on this Warden: its config needs [embeddings] and [milvus]".to_owned(),
+        param: None,
+        code: Some("retrieval_disabled"),
+    })
+}
+
+/// How knowledge-base failures reach the client.
+pub fn knowledge_error(err: KnowledgeError) -> ApiError {
+    match err {
+        KnowledgeError::Store(StoreError::NoCollection(name)) => ApiError::NotFound {
+            message: format!("The collection `{name}` does not exist."),
+            param: Some("collection".to_owned()),
+            code: "collection_not_found",
+        },
+        KnowledgeError::Store(StoreError::Unavailable(detail)) => {
+            tracing::warn!(%detail, "Milvus failed");
+            ApiError::Unavailable {
+                message: "the knowledge base (Milvus) is unavailable; try again later".to_owned(),
+                code: "retrieval_unavailable",
+            }
+        }
+        KnowledgeError::Embed(err) => ApiError::Unavailable {
+            message: format!("the embedding model failed: {err}"),
+            code: "embeddings_unavailable",
+        },
+        KnowledgeError::Store(err @ StoreError::DimensionMismatch { .. }) => {
+            ApiError::InvalidRequest {
+                message: err.to_string(),
+                param: Some("collection".to_owned()),
+                code: Some("dimension_mismatch"),
+            }
+        }
+        other => ApiError::invalid(other.to_string(), None),
+    }
+}
+
+fn checked_name(name: &str) -> Result<(), ApiError> {
+    if valid_collection_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            format!(
+                "`{name}` is not a valid collection name (letters, digits and `_`, starting with a letter)"
+            ),
+            Some("name".to_owned()),
+        ))
+    }
+}
+
+pub async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let knowledge = knowledge(&state)?;
+    let names = knowledge
+        .store
+        .list()
+        .await
+        .map_err(|e| knowledge_error(e.into()))?;
+    let mut data = Vec::with_capacity(names.len());
+    for name in names {
+        // Collections Warden did not make are listed without a dimension.
+        let dimension = knowledge
+            .store
+            .describe(&name)
+            .await
+            .ok()
+            .map(|i| i.dimension);
+        data.push(json!({"object": "collection", "name": name, "dimension": dimension}));
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCollection {
+    pub name: String,
+}
+
+pub async fn create(
+    _: Admin,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateCollection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    checked_name(&body.name)?;
+    let knowledge = knowledge(&state)?;
+    let info = match knowledge
+        .store
+        .create(&body.name, knowledge.embedder.dimension)
+        .await
+    {
+        Err(StoreError::Exists(name)) => {
+            return Err(ApiError::InvalidRequest {
+                message: format!("The collection `{name}` already exists."),
+                param: Some("name".to_owned()),
+                code: Some("collection_exists"),
+            });
+        }
+        other => other.map_err(|e| knowledge_error(e.into()))?,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"object": "collection", "name": info.name, "dimension": info.dimension})),
+    ))
+}
+
+pub async fn drop_collection(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    checked_name(&name)?;
+    let knowledge = knowledge(&state)?;
+    knowledge
+        .store
+        .drop_collection(&name)
+        .await
+        .map_err(|e| knowledge_error(e.into()))?;
+    Ok(Json(
+        json!({"object": "collection", "name": name, "deleted": true}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDocument {
+    /// Raw text of the document…
+    #[serde(default)]
+    pub text: Option<String>,
+    /// …or a web page to fetch.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Where the text came from; its document id derives from it. Default: a hash of the text.
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub title: Option<String>,
+    /// `text`, `markdown` or `html` (for `text`); default `text`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Create the collection when it does not exist.
+    #[serde(default)]
+    pub create: bool,
+}
+
+async fn ingest_one(
+    knowledge: &Knowledge,
+    collection: &str,
+    create: bool,
+    document: Document,
+) -> Result<Json<Value>, ApiError> {
+    knowledge
+        .collection(collection, create)
+        .await
+        .map_err(knowledge_error)?;
+    let chunks = knowledge
+        .ingest(collection, DEFAULT_TENANT, &document)
+        .await
+        .map_err(knowledge_error)?;
+    Ok(Json(json!({
+        "object": "document",
+        "id": doc_id_for(&document.source),
+        "source": document.source,
+        "title": document.title,
+        "collection": collection,
+        "chunks": chunks,
+    })))
+}
+
+pub async fn add_document(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(collection): Path<String>,
+    JsonBody(body): JsonBody<NewDocument>,
+) -> Result<Json<Value>, ApiError> {
+    checked_name(&collection)?;
+    let knowledge = knowledge(&state)?;
+    let document = match (&body.text, &body.url) {
+        (Some(text), None) => {
+            let format = match body.format.as_deref() {
+                None | Some("text") => Format::Text,
+                Some("markdown") => Format::Markdown,
+                Some("html") => Format::Html,
+                Some(other) => {
+                    return Err(ApiError::invalid(
+                        format!("`format` must be text, markdown or html, not `{other}`"),
+                        Some("format".to_owned()),
+                    ));
+                }
+            };
+            let extracted = extract(text, format);
+            let source = body
+                .source
+                .clone()
+                .unwrap_or_else(|| format!("text:{}", doc_id_for(text)));
+            Document {
+                source,
+                title: body.title.clone().or(extracted.title),
+                text: extracted.text,
+            }
+        }
+        (None, Some(url)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ApiError::invalid(
+                    "`url` must be an http(s) URL",
+                    Some("url".to_owned()),
+                ));
+            }
+            knowledge
+                .fetch(url)
+                .await
+                .map_err(|e| ApiError::invalid(e.to_string(), Some("url".to_owned())))?
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "give exactly one of `text` and `url`",
+                Some("text".to_owned()),
+            ));
+        }
+    };
+    ingest_one(knowledge, &collection, body.create, document).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    /// The file's name or origin; its document id derives from it.
+    pub source: String,
+    #[serde(default)]
+    pub create: bool,
+}
+
+/// A file uploaded as the request body; its content type (or the source's extension) says how
+/// to read it.
+pub async fn upload(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(collection): Path<String>,
+    Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    checked_name(&collection)?;
+    let knowledge = knowledge(&state)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = format_of(&query.source, content_type)
+        .or_else(|| format_of(&query.source, None))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "upload text, markdown or html (by content type or file extension)",
+                Some("source".to_owned()),
+            )
+        })?;
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::invalid("the file is not UTF-8 text", None))?;
+    let extracted = extract(&text, format);
+    let document = Document {
+        source: query.source.clone(),
+        title: extracted.title,
+        text: extracted.text,
+    };
+    ingest_one(knowledge, &collection, query.create, document).await
+}
+
+pub async fn delete_document(
+    _: Admin,
+    State(state): State<AppState>,
+    Path((collection, doc_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    checked_name(&collection)?;
+    let knowledge = knowledge(&state)?;
+    knowledge
+        .store
+        .check(&collection, knowledge.embedder.dimension)
+        .await
+        .map_err(|e| knowledge_error(e.into()))?;
+    knowledge
+        .store
+        .delete_document(&collection, DEFAULT_TENANT, &doc_id)
+        .await
+        .map_err(|e| knowledge_error(e.into()))?;
+    Ok(Json(
+        json!({"object": "document", "id": doc_id, "collection": collection, "deleted": true}),
+    ))
+}

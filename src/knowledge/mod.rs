@@ -1,0 +1,394 @@
+//! The knowledge base: documents in, chunks found. Ingestion reads files, folders and web pages,
+//! turns them into text, chunks it by the embedding model's tokens, embeds the chunks and stores
+//! them in Milvus; retrieval embeds a question and searches. The CLI and the admin HTTP routes
+//! both call this module.
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::RetrievalConfig;
+use crate::embed::{EmbedError, Embedder};
+use crate::ingest::chunk::{ChunkConfig, chunk};
+use crate::ingest::text::{Format, extract, format_of};
+use crate::store::{ChunkRow, CollectionInfo, Hit, Store, StoreError};
+
+/// The tenant of documents and searches until API keys name one.
+pub const DEFAULT_TENANT: &str = "default";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KnowledgeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error("{origin}: {message}")]
+    Read { origin: String, message: String },
+}
+
+/// A document turned into text, ready to chunk.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// Where it came from: an absolute path, a URL, or a name the caller gave.
+    pub source: String,
+    pub title: Option<String>,
+    pub text: String,
+}
+
+/// What one ingestion did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IngestReport {
+    pub documents: usize,
+    pub chunks: usize,
+    /// Documents that could not be read or stored, and why; the rest went in.
+    pub failed: Vec<FailedDocument>,
+    pub seconds: f64,
+    pub doc_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailedDocument {
+    pub source: String,
+    pub error: String,
+}
+
+/// A document's id derives from its source, so ingesting it again replaces it.
+pub fn doc_id_for(source: &str) -> String {
+    let digest = Sha256::digest(source.as_bytes());
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+pub struct Knowledge {
+    pub embedder: Arc<Embedder>,
+    pub store: Arc<Store>,
+    pub retrieval: RetrievalConfig,
+    http: reqwest::Client,
+    /// Collections already checked against the model's dimension, so a search checks once.
+    checked: moka::sync::Cache<String, ()>,
+}
+
+impl Knowledge {
+    pub fn new(
+        embedder: Arc<Embedder>,
+        store: Arc<Store>,
+        retrieval: RetrievalConfig,
+    ) -> Knowledge {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!(
+                "warden/",
+                env!("CARGO_PKG_VERSION"),
+                " (document ingestion)"
+            ))
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Knowledge {
+            embedder,
+            store,
+            retrieval,
+            http,
+            checked: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    /// The collection, created for the model's dimension when `create` and missing; an existing
+    /// one must match the model.
+    pub async fn collection(
+        &self,
+        name: &str,
+        create: bool,
+    ) -> Result<CollectionInfo, KnowledgeError> {
+        match self.store.check(name, self.embedder.dimension).await {
+            Err(StoreError::NoCollection(_)) if create => {
+                Ok(self.store.create(name, self.embedder.dimension).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Chunks, embeds and stores one document, replacing an earlier version of it.
+    pub async fn ingest(
+        &self,
+        collection: &str,
+        tenant: &str,
+        document: &Document,
+    ) -> Result<usize, KnowledgeError> {
+        let doc_id = doc_id_for(&document.source);
+        let config = ChunkConfig {
+            max_tokens: self.retrieval.chunk_tokens,
+            overlap_tokens: self.retrieval.chunk_overlap_tokens,
+        };
+        let embedder = &self.embedder;
+        let count = |text: &str| embedder.count_tokens_untruncated(text);
+        let chunks = chunk(&document.text, &config, &count);
+        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+        let vectors = if texts.is_empty() {
+            Vec::new()
+        } else {
+            self.embedder.embed_passages(&texts).await?
+        };
+        let metadata = serde_json::json!({"title": document.title});
+        let rows: Vec<ChunkRow> = chunks
+            .into_iter()
+            .zip(vectors)
+            .map(|(c, vector)| ChunkRow {
+                doc_id: doc_id.clone(),
+                chunk_index: c.index as i64,
+                text: c.text,
+                source: document.source.clone(),
+                tenant: tenant.to_owned(),
+                metadata: metadata.clone(),
+                vector,
+            })
+            .collect();
+        self.store
+            .delete_document(collection, tenant, &doc_id)
+            .await?;
+        Ok(self.store.insert(collection, rows).await?)
+    }
+
+    /// Reads every source (files, folders recursively, http(s) URLs) and ingests what it can;
+    /// `progress` is told of each document as it is done.
+    pub async fn ingest_sources(
+        &self,
+        collection: &str,
+        tenant: &str,
+        sources: &[String],
+        mut progress: impl FnMut(usize, usize, &str),
+    ) -> IngestReport {
+        let started = Instant::now();
+        let mut report = IngestReport::default();
+        let mut targets = Vec::new();
+        for source in sources {
+            if is_url(source) {
+                targets.push(Target::Url(source.clone()));
+            } else {
+                match files_under(Path::new(source)) {
+                    Ok(files) if files.is_empty() => report.failed.push(FailedDocument {
+                        source: source.clone(),
+                        error: "no .txt, .md or .html files there".to_owned(),
+                    }),
+                    Ok(files) => targets.extend(files.into_iter().map(Target::File)),
+                    Err(error) => report.failed.push(FailedDocument {
+                        source: source.clone(),
+                        error,
+                    }),
+                }
+            }
+        }
+        let total = targets.len();
+        for (i, target) in targets.into_iter().enumerate() {
+            let name = target.name();
+            let result = match self.read(&target).await {
+                Ok(document) => self
+                    .ingest(collection, tenant, &document)
+                    .await
+                    .map(|chunks| (chunks, doc_id_for(&document.source)))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok((chunks, doc_id)) => {
+                    report.documents += 1;
+                    report.chunks += chunks;
+                    report.doc_ids.push(doc_id);
+                }
+                Err(error) => {
+                    tracing::warn!(source = %name, %error, "document skipped");
+                    report.failed.push(FailedDocument {
+                        source: name.clone(),
+                        error,
+                    });
+                }
+            }
+            progress(i + 1, total, &name);
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        report
+    }
+
+    async fn read(&self, target: &Target) -> Result<Document, KnowledgeError> {
+        match target {
+            Target::File(path) => read_file(path, self.retrieval.max_document_bytes),
+            Target::Url(url) => self.fetch(url).await,
+        }
+    }
+
+    /// Fetches a web page and turns it into text.
+    pub async fn fetch(&self, url: &str) -> Result<Document, KnowledgeError> {
+        let failed = |message: String| KnowledgeError::Read {
+            origin: url.to_owned(),
+            message,
+        };
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| failed(crate::backends::error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(failed(format!("HTTP {}", response.status().as_u16())));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let format = format_of(url, content_type.as_deref())
+            .or_else(|| content_type.is_none().then_some(Format::Html))
+            .ok_or_else(|| {
+                failed(format!(
+                    "unsupported content type {}",
+                    content_type.unwrap_or_default()
+                ))
+            })?;
+        let bytes = response.bytes().await.map_err(|e| failed(e.to_string()))?;
+        if bytes.len() > self.retrieval.max_document_bytes {
+            return Err(failed(format!(
+                "larger than {} bytes",
+                self.retrieval.max_document_bytes
+            )));
+        }
+        let extracted = extract(&String::from_utf8_lossy(&bytes), format);
+        Ok(Document {
+            source: url.to_owned(),
+            title: extracted.title,
+            text: extracted.text,
+        })
+    }
+
+    /// The chunks nearest to `query` in a collection, for one tenant. The collection is checked
+    /// against the model (once a minute) so a mismatch is a clear error, not a failed search;
+    /// the check and the query's embedding run at the same time.
+    pub async fn search(
+        &self,
+        collection: &str,
+        tenant: &str,
+        query: &str,
+        top_k: usize,
+    ) -> Result<Vec<Hit>, KnowledgeError> {
+        let check = async {
+            if self.checked.get(collection).is_none() {
+                self.store
+                    .check(collection, self.embedder.dimension)
+                    .await?;
+                self.checked.insert(collection.to_owned(), ());
+            }
+            Ok::<(), StoreError>(())
+        };
+        let (checked, vector) = tokio::join!(check, self.embedder.embed_query(query));
+        checked?;
+        let vector = vector?;
+        Ok(self
+            .store
+            .search(collection, tenant, &vector, top_k, self.retrieval.min_score)
+            .await?)
+    }
+}
+
+enum Target {
+    File(PathBuf),
+    Url(String),
+}
+
+impl Target {
+    fn name(&self) -> String {
+        match self {
+            Target::File(path) => path.display().to_string(),
+            Target::Url(url) => url.clone(),
+        }
+    }
+}
+
+fn is_url(source: &str) -> bool {
+    source.starts_with("http://") || source.starts_with("https://")
+}
+
+/// A file as a document; its source is its absolute path, so the id does not depend on the
+/// directory ingestion ran from.
+pub fn read_file(path: &Path, max_bytes: usize) -> Result<Document, KnowledgeError> {
+    let source = std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string();
+    let failed = |message: String| KnowledgeError::Read {
+        origin: source.clone(),
+        message,
+    };
+    let format = format_of(&source, None)
+        .ok_or_else(|| failed("not a .txt, .md or .html file".to_owned()))?;
+    let metadata = std::fs::metadata(path).map_err(|e| failed(e.to_string()))?;
+    if metadata.len() as usize > max_bytes {
+        return Err(failed(format!("larger than {max_bytes} bytes")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| failed("not UTF-8 text".to_owned()))?;
+    let extracted = extract(&text, format);
+    Ok(Document {
+        source,
+        title: extracted.title,
+        text: extracted.text,
+    })
+}
+
+/// The supported files at `path`: itself, or every one below it (sorted, hidden ones skipped).
+fn files_under(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let metadata = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if metadata.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if format_of(&path.display().to_string(), None).is_some() {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_ids_follow_the_source() {
+        assert_eq!(doc_id_for("/docs/a.md"), doc_id_for("/docs/a.md"));
+        assert_ne!(doc_id_for("/docs/a.md"), doc_id_for("/docs/b.md"));
+        assert_eq!(doc_id_for("x").len(), 24);
+    }
+
+    #[test]
+    fn folders_are_walked_for_supported_files() {
+        let dir = std::env::temp_dir().join(format!("warden-files-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub/.hidden")).unwrap();
+        for name in ["a.md", "b.txt", "c.pdf", "sub/d.html", "sub/.hidden/e.txt"] {
+            std::fs::write(dir.join(name), "x").unwrap();
+        }
+        let files: Vec<String> = files_under(&dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.strip_prefix(&dir).unwrap().display().to_string())
+            .collect();
+        assert_eq!(files, vec!["a.md", "b.txt", "sub/d.html"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

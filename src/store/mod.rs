@@ -1,0 +1,571 @@
+//! The knowledge base in Milvus, reached over gRPC with `milvus-sdk-rust`.
+//!
+//! One collection per knowledge base, one row per chunk: primary key, document id, chunk index,
+//! text, source, tenant (the partition key), metadata JSON, vector. The same code runs against
+//! Milvus Lite and the Milvus standalone engine; the rough edges of each are handled here (index
+//! creation is polled, deletes and fetches use literal filters, results are read by column,
+//! collections are loaded before they are searched).
+
+use milvus::v2::prelude::*;
+use serde_json::json;
+use std::collections::HashMap;
+use std::result::Result;
+use std::time::Duration;
+
+use crate::config::{Consistency, MilvusConfig};
+
+pub const FIELD_ID: &str = "id";
+pub const FIELD_DOC: &str = "doc_id";
+pub const FIELD_CHUNK: &str = "chunk_index";
+pub const FIELD_TEXT: &str = "text";
+pub const FIELD_SOURCE: &str = "source";
+pub const FIELD_TENANT: &str = "tenant";
+pub const FIELD_METADATA: &str = "metadata";
+pub const FIELD_VECTOR: &str = "vector";
+
+const MAX_TEXT: u32 = 65_535;
+const MAX_SHORT: u32 = 2_048;
+/// Rows per insert request.
+const INSERT_BATCH: usize = 512;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("Milvus is unreachable or failed: {0}")]
+    Unavailable(String),
+    #[error("collection `{0}` does not exist")]
+    NoCollection(String),
+    #[error("collection `{0}` already exists")]
+    Exists(String),
+    #[error(
+        "collection `{collection}` holds vectors of {found} dimensions, but the embedding model makes {expected}"
+    )]
+    DimensionMismatch {
+        collection: String,
+        found: u32,
+        expected: usize,
+    },
+    #[error("collection `{collection}` was not made by Warden (missing field `{field}`)")]
+    Foreign { collection: String, field: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn failed(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+/// One chunk to store.
+#[derive(Debug, Clone)]
+pub struct ChunkRow {
+    pub doc_id: String,
+    pub chunk_index: i64,
+    pub text: String,
+    pub source: String,
+    pub tenant: String,
+    pub metadata: serde_json::Value,
+    pub vector: Vec<f32>,
+}
+
+/// One search hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub doc_id: String,
+    pub chunk_index: i64,
+    pub text: String,
+    pub source: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionInfo {
+    pub name: String,
+    pub dimension: u32,
+}
+
+pub struct Store {
+    config: MilvusConfig,
+    /// Connected on first use, so Warden starts (and says so in `/readyz`) while Milvus is down.
+    client: tokio::sync::OnceCell<ClientV2>,
+    consistency: ConsistencyLevel,
+    timeout: Duration,
+}
+
+/// Collection names are used in filters and paths: letters, digits and `_`, starting with a
+/// letter or `_`, as Milvus itself requires.
+pub fn valid_collection_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 255
+}
+
+/// A string literal for a Milvus filter expression: quotes and backslashes escaped, so a value
+/// can never close the literal and add to the expression.
+pub fn literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl Store {
+    pub fn new(config: &MilvusConfig) -> Store {
+        Store {
+            config: config.clone(),
+            client: tokio::sync::OnceCell::new(),
+            consistency: match config.consistency {
+                Consistency::Strong => ConsistencyLevel::Strong,
+                Consistency::Session => ConsistencyLevel::Session,
+                Consistency::Bounded => ConsistencyLevel::Bounded,
+                Consistency::Eventually => ConsistencyLevel::Eventually,
+            },
+            timeout: config.timeout,
+        }
+    }
+
+    /// A store that is connected now (for the CLI and tests, which want to fail early).
+    pub async fn connect(config: &MilvusConfig) -> Result<Store, StoreError> {
+        let store = Store::new(config);
+        store.client().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<&ClientV2, StoreError> {
+        self.client
+            .get_or_try_init(|| async {
+                let config = &self.config;
+                let mut connect = ConnectConfig::new()
+                    .uri(config.uri.clone())
+                    .telemetry(TelemetryConfig::new().enabled(false));
+                if let Some(token) = &config.token {
+                    connect = connect.token(token.expose().to_owned());
+                }
+                if let Some(database) = &config.database {
+                    connect = connect.database(database.clone());
+                }
+                tokio::time::timeout(config.timeout, ClientV2::new(&connect))
+                    .await
+                    .map_err(|_| {
+                        StoreError::Unavailable(format!(
+                            "no answer from {} within {:?}",
+                            config.uri, config.timeout
+                        ))
+                    })?
+                    .map_err(failed)
+            })
+            .await
+    }
+
+    async fn limit<T>(
+        &self,
+        call: impl std::future::Future<Output = milvus::v2::error::Result<T>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!("Milvus did not answer within {:?}", self.timeout))
+            })?
+            .map_err(failed)
+    }
+
+    /// Whether Milvus answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.has_collection("warden_readiness_probe")
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn has_collection(&self, name: &str) -> Result<bool, StoreError> {
+        let request = HasCollectionRequest::builder()
+            .collection_name(name)
+            .build()
+            .map_err(failed)?;
+        let response = self
+            .limit(self.client().await?.has_collection(request))
+            .await?;
+        Ok(response.exists())
+    }
+
+    /// The collection's vector dimension; an error when it was not made by Warden.
+    pub async fn describe(&self, name: &str) -> Result<CollectionInfo, StoreError> {
+        if !self.has_collection(name).await? {
+            return Err(StoreError::NoCollection(name.to_owned()));
+        }
+        let request = DescribeCollectionRequest::builder()
+            .collection_name(name)
+            .build()
+            .map_err(failed)?;
+        let response = self
+            .limit(self.client().await?.describe_collection(request))
+            .await?;
+        let fields = response.description().get_schema().get_fields();
+        for required in [
+            FIELD_DOC,
+            FIELD_CHUNK,
+            FIELD_TEXT,
+            FIELD_SOURCE,
+            FIELD_TENANT,
+            FIELD_VECTOR,
+        ] {
+            if !fields.iter().any(|f| f.get_name() == required) {
+                return Err(StoreError::Foreign {
+                    collection: name.to_owned(),
+                    field: required.to_owned(),
+                });
+            }
+        }
+        let dimension = fields
+            .iter()
+            .find(|f| f.get_name() == FIELD_VECTOR)
+            .map(|f| f.get_dimension())
+            .unwrap_or(0);
+        Ok(CollectionInfo {
+            name: name.to_owned(),
+            dimension,
+        })
+    }
+
+    /// Checks that an existing collection fits the embedding model.
+    pub async fn check(&self, name: &str, dimension: usize) -> Result<CollectionInfo, StoreError> {
+        let info = self.describe(name).await?;
+        if info.dimension as usize != dimension {
+            return Err(StoreError::DimensionMismatch {
+                collection: name.to_owned(),
+                found: info.dimension,
+                expected: dimension,
+            });
+        }
+        Ok(info)
+    }
+
+    /// Creates a collection for vectors of `dimension`, indexes and loads it.
+    pub async fn create(&self, name: &str, dimension: usize) -> Result<CollectionInfo, StoreError> {
+        if !valid_collection_name(name) {
+            return Err(StoreError::Invalid(format!(
+                "`{name}` is not a valid collection name (letters, digits and `_`, starting with a letter)"
+            )));
+        }
+        if self.has_collection(name).await? {
+            return Err(StoreError::Exists(name.to_owned()));
+        }
+        let varchar = |name: &str, max: u32| {
+            FieldSchema::new()
+                .name(name)
+                .data_type(DataType::VarChar)
+                .max_length(max)
+        };
+        let schema = CollectionSchema::new()
+            .add_field(
+                FieldSchema::new()
+                    .name(FIELD_ID)
+                    .data_type(DataType::Int64)
+                    .primary_key(true)
+                    .auto_id(true),
+            )
+            .add_field(varchar(FIELD_DOC, 128))
+            .add_field(
+                FieldSchema::new()
+                    .name(FIELD_CHUNK)
+                    .data_type(DataType::Int64),
+            )
+            .add_field(varchar(FIELD_TEXT, MAX_TEXT))
+            .add_field(varchar(FIELD_SOURCE, MAX_SHORT))
+            .add_field(varchar(FIELD_TENANT, 256).partition_key(true))
+            .add_field(
+                FieldSchema::new()
+                    .name(FIELD_METADATA)
+                    .data_type(DataType::Json),
+            )
+            .add_field(
+                FieldSchema::new()
+                    .name(FIELD_VECTOR)
+                    .data_type(DataType::FloatVector)
+                    .dimension(dimension as u32),
+            );
+        let request = CreateCollectionRequest::builder()
+            .collection_name(name)
+            .schema(schema)
+            .consistency_level(self.consistency)
+            .build()
+            .map_err(failed)?;
+        self.limit(self.client().await?.create_collection(request))
+            .await?;
+        self.create_index(name).await?;
+        self.load(name).await?;
+        Ok(CollectionInfo {
+            name: name.to_owned(),
+            dimension: dimension as u32,
+        })
+    }
+
+    /// Inner-product HNSW on normalised vectors (cosine); created without waiting (Milvus Lite
+    /// answers the waiting form with Unimplemented) and polled until built.
+    async fn create_index(&self, name: &str) -> Result<(), StoreError> {
+        let request = CreateIndexRequest::builder()
+            .collection_name(name)
+            .index_param(
+                IndexParam::new()
+                    .field_name(FIELD_VECTOR)
+                    .index_type(IndexType::Hnsw)
+                    .metric_type(MetricType::Ip)
+                    .extra_params(HashMap::from([
+                        ("M".to_owned(), "16".to_owned()),
+                        ("efConstruction".to_owned(), "200".to_owned()),
+                    ])),
+            )
+            .sync(false)
+            .build()
+            .map_err(failed)?;
+        self.limit(self.client().await?.create_index(request))
+            .await?;
+        for _ in 0..300 {
+            let request = DescribeIndexRequest::builder()
+                .collection_name(name)
+                .field_name(FIELD_VECTOR)
+                .build()
+                .map_err(failed)?;
+            let response = self
+                .limit(self.client().await?.describe_index(request))
+                .await?;
+            if response
+                .indexes()
+                .iter()
+                .any(|i| i.get_state() == IndexStateCode::Finished)
+            {
+                return Ok(());
+            }
+            if response
+                .indexes()
+                .iter()
+                .any(|i| i.get_state() == IndexStateCode::Failed)
+            {
+                return Err(StoreError::Unavailable(format!(
+                    "building the index of `{name}` failed"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(StoreError::Unavailable(format!(
+            "the index of `{name}` was not built within 30 s"
+        )))
+    }
+
+    /// Loads a collection into memory (needed after a server restart before searching).
+    pub async fn load(&self, name: &str) -> Result<(), StoreError> {
+        let request = LoadCollectionRequest::builder()
+            .collection_name(name)
+            .build()
+            .map_err(failed)?;
+        self.limit(self.client().await?.load_collection(request))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn drop_collection(&self, name: &str) -> Result<(), StoreError> {
+        if !self.has_collection(name).await? {
+            return Err(StoreError::NoCollection(name.to_owned()));
+        }
+        let request = DropCollectionRequest::builder()
+            .collection_name(name)
+            .build()
+            .map_err(failed)?;
+        self.limit(self.client().await?.drop_collection(request))
+            .await?;
+        Ok(())
+    }
+
+    /// Names of the collections on the server.
+    pub async fn list(&self) -> Result<Vec<String>, StoreError> {
+        let request = ListCollectionsRequest::builder().build().map_err(failed)?;
+        let response = self
+            .limit(self.client().await?.list_collections(request))
+            .await?;
+        Ok(response.collection_names().to_vec())
+    }
+
+    /// Removes every chunk of a document of a tenant.
+    pub async fn delete_document(
+        &self,
+        collection: &str,
+        tenant: &str,
+        doc_id: &str,
+    ) -> Result<(), StoreError> {
+        let filter = format!(
+            "{FIELD_TENANT} == {} and {FIELD_DOC} == {}",
+            literal(tenant),
+            literal(doc_id)
+        );
+        let request = DeleteRequest::builder()
+            .collection_name(collection)
+            .filter(filter)
+            .build()
+            .map_err(failed)?;
+        self.limit(self.client().await?.delete(request)).await?;
+        Ok(())
+    }
+
+    /// Number of chunks of a document (what a delete or re-ingest can be checked against).
+    pub async fn count_document(
+        &self,
+        collection: &str,
+        tenant: &str,
+        doc_id: &str,
+    ) -> Result<usize, StoreError> {
+        let filter = format!(
+            "{FIELD_TENANT} == {} and {FIELD_DOC} == {}",
+            literal(tenant),
+            literal(doc_id)
+        );
+        let request = QueryRequest::builder()
+            .collection_name(collection)
+            .filter(filter)
+            .output_fields([FIELD_CHUNK])
+            .consistency_level(ConsistencyLevel::Strong)
+            .build()
+            .map_err(failed)?;
+        let response = self.limit(self.client().await?.query(request)).await?;
+        Ok(response.results().get_row_count() as usize)
+    }
+
+    pub async fn insert(&self, collection: &str, rows: Vec<ChunkRow>) -> Result<usize, StoreError> {
+        let mut inserted = 0;
+        for batch in rows.chunks(INSERT_BATCH) {
+            let values: Vec<serde_json::Value> = batch
+                .iter()
+                .map(|row| {
+                    json!({
+                        FIELD_DOC: row.doc_id,
+                        FIELD_CHUNK: row.chunk_index,
+                        FIELD_TEXT: truncate(&row.text, MAX_TEXT as usize),
+                        FIELD_SOURCE: truncate(&row.source, MAX_SHORT as usize),
+                        FIELD_TENANT: row.tenant,
+                        FIELD_METADATA: row.metadata,
+                        FIELD_VECTOR: row.vector,
+                    })
+                })
+                .collect();
+            let request = InsertRequest::builder()
+                .collection_name(collection)
+                .rows(values)
+                .build()
+                .map_err(failed)?;
+            let response = self.limit(self.client().await?.insert(request)).await?;
+            inserted += response.insert_count() as usize;
+        }
+        Ok(inserted)
+    }
+
+    /// The `top_k` chunks of `tenant` nearest to `vector`, best first, at or above `min_score`.
+    pub async fn search(
+        &self,
+        collection: &str,
+        tenant: &str,
+        vector: &[f32],
+        top_k: usize,
+        min_score: f32,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let request = SearchRequest::builder()
+            .collection_name(collection)
+            .vector_field(FIELD_VECTOR)
+            .vectors(SearchVectors::Float(vec![vector.to_vec()]))
+            .filter(format!("{FIELD_TENANT} == {}", literal(tenant)))
+            .output_fields([FIELD_DOC, FIELD_CHUNK, FIELD_TEXT, FIELD_SOURCE])
+            .limit(top_k as i64)
+            .extra_params(HashMap::from([(
+                "ef".to_owned(),
+                (top_k.max(16) * 4).to_string(),
+            )]))
+            .consistency_level(self.consistency)
+            .build()
+            .map_err(failed)?;
+        let response = match self
+            .limit(self.client().await?.search(request.clone()))
+            .await
+        {
+            // After a server restart a collection is not loaded: load it and ask again.
+            Err(StoreError::Unavailable(message))
+                if message.to_lowercase().contains("not loaded") =>
+            {
+                self.load(collection).await?;
+                self.limit(self.client().await?.search(request)).await?
+            }
+            other => other?,
+        };
+        let mut hits = Vec::new();
+        for result in response.results() {
+            let scores = result.get_scores();
+            let strings = |name: &str| match result.get_output_field(name) {
+                Some(FieldData::VarChar { values, .. }) => values.clone(),
+                _ => Vec::new(),
+            };
+            let chunks = match result.get_output_field(FIELD_CHUNK) {
+                Some(FieldData::Int64 { values, .. }) => values.clone(),
+                _ => Vec::new(),
+            };
+            let (docs, texts, sources) = (
+                strings(FIELD_DOC),
+                strings(FIELD_TEXT),
+                strings(FIELD_SOURCE),
+            );
+            for (i, score) in scores.iter().enumerate() {
+                if *score < min_score {
+                    continue;
+                }
+                hits.push(Hit {
+                    doc_id: docs.get(i).cloned().unwrap_or_default(),
+                    chunk_index: chunks.get(i).copied().unwrap_or_default(),
+                    text: texts.get(i).cloned().unwrap_or_default(),
+                    source: sources.get(i).cloned().unwrap_or_default(),
+                    score: *score,
+                });
+            }
+        }
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Ok(hits)
+    }
+}
+
+fn truncate(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_cannot_escape_their_quotes() {
+        assert_eq!(literal("acme"), "\"acme\"");
+        assert_eq!(
+            literal("a\" or tenant != \"b"),
+            "\"a\\\" or tenant != \\\"b\""
+        );
+        assert_eq!(literal("back\\slash"), "\"back\\\\slash\"");
+    }
+
+    #[test]
+    fn collection_names_are_checked() {
+        assert!(valid_collection_name("docs_2024"));
+        assert!(!valid_collection_name("docs-2024"));
+        assert!(!valid_collection_name("1docs"));
+        assert!(!valid_collection_name("a\" or 1"));
+    }
+}
