@@ -8,11 +8,11 @@ PYTHON_VENV := $(CACHE)/sdk-venv
 PYTHON := $(PYTHON_VENV)/bin/python
 TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 
-.PHONY: run test lint fmt build release toolchain sdk-venv bench clean
+.PHONY: run test lint fmt build release toolchain sdk-venv bench bench-rag clean
 
-## Run Warden with the example config (config/warden.toml).
+## Run Warden with the example config (config/warden.toml), with Milvus Lite and the embedding model.
 run: toolchain
-	cargo run --release --locked -- serve --config $(CONFIG)
+	scripts/run.sh $(CONFIG)
 
 ## The whole test suite: format, lints, unit and integration tests against the real Milvus (Lite
 ## and standalone), the real embedding model, a real llama.cpp server, and the OpenAI SDK tests.
@@ -36,6 +36,12 @@ release: toolchain
 bench: toolchain
 	cargo build --release --locked --bin warden --example bench
 	$(CARGO_TARGET_DIR)/release/examples/bench
+
+## Benchmark: the grounding path (embedding, Milvus insert and search, ingestion, and the time to
+## first token that retrieval adds), against Milvus Lite and the real embedding model.
+bench-rag: toolchain
+	cargo build --release --locked --bin warden --example bench_rag
+	scripts/bench-rag.sh
 
 ## The pinned toolchain, made from the machine's own when it is the same version (no download).
 toolchain:

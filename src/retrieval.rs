@@ -21,6 +21,8 @@ pub struct Plan {
     pub top_k: usize,
     /// The question: the text of the last user message.
     pub query: String,
+    /// The QA template: the model's own, else `[retrieval]`'s.
+    pub template: String,
 }
 
 fn text_of(message: &ChatMessage) -> String {
@@ -85,8 +87,15 @@ pub fn plan(
     }
     Ok(Some(Plan {
         collection,
-        top_k: options.top_k.unwrap_or(knowledge.retrieval.top_k),
+        top_k: options
+            .top_k
+            .or(route.top_k)
+            .unwrap_or(knowledge.retrieval.top_k),
         query,
+        template: route
+            .template
+            .clone()
+            .unwrap_or_else(|| knowledge.retrieval.template.clone()),
     }))
 }
 
@@ -165,7 +174,7 @@ pub async fn inject(
             .map(|h| h.text.as_str())
             .collect::<Vec<_>>()
             .join("\n\n");
-        let filled = config
+        let filled = plan
             .template
             .replace("{context_str}", &context)
             .replace("{query_str}", &plan.query);

@@ -75,8 +75,11 @@ struct Target {
 
 pub struct ModelRoute {
     pub id: String,
-    /// The knowledge-base collection searched for this model by default.
+    /// The knowledge-base collection searched for this model by default, and this model's own
+    /// retrieval settings.
     pub collection: Option<String>,
+    pub top_k: Option<usize>,
+    pub template: Option<String>,
     balance: Balance,
     targets: Vec<Target>,
     next: AtomicUsize,
@@ -151,6 +154,8 @@ impl Pool {
                 Arc::new(ModelRoute {
                     id: model.id.clone(),
                     collection: model.collection.clone(),
+                    top_k: model.top_k,
+                    template: model.template.clone(),
                     balance: model.balance,
                     targets,
                     next: AtomicUsize::new(0),

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 /// Variables that configure Warden itself rather than a config key.
 pub const CONFIG_PATH_VAR: &str = "WARDEN_CONFIG";
+/// The cache folder of the project's scripts (`make run`, `make test`): not a config key.
+pub const CACHE_VAR: &str = "WARDEN_CACHE";
 const PREFIX: &str = "WARDEN_";
 const SEPARATOR: &str = "__";
 
@@ -98,7 +100,7 @@ pub fn apply_overrides(
 ) -> Result<Vec<AppliedOverride>, String> {
     let mut applied = Vec::new();
     for (variable, raw) in env.warden_vars() {
-        if variable == CONFIG_PATH_VAR {
+        if variable == CONFIG_PATH_VAR || variable == CACHE_VAR {
             continue;
         }
         let Some(rest) = variable.strip_prefix(PREFIX) else {
@@ -191,7 +193,8 @@ mod tests {
             .with("WARDEN_SERVER__LISTEN", "0.0.0.0:9000")
             .with("WARDEN_SERVER__MAX_BODY_BYTES", "1024")
             .with("WARDEN_BACKENDS__LOCAL_OLLAMA__BASE_URL", "http://b:11434")
-            .with("WARDEN_CONFIG", "ignored.toml");
+            .with("WARDEN_CONFIG", "ignored.toml")
+            .with("WARDEN_CACHE", "/tmp/ignored");
         let applied = apply_overrides(&mut root, &env).unwrap();
         assert_eq!(applied.len(), 3);
         assert_eq!(root["server"]["listen"].as_str(), Some("0.0.0.0:9000"));

@@ -9,8 +9,8 @@ mod secret;
 
 pub use env::{AppliedOverride, CONFIG_PATH_VAR, Environment, MapEnv, ProcessEnv};
 pub use raw::{
-    BackendKind, Balance, Consistency, Device, LogFormat, OnUnavailable, Placement, PoolingKind,
-    RawConfig,
+    BackendKind, Balance, Consistency, DEFAULT_TEMPLATE, Device, LogFormat, OnUnavailable,
+    Placement, PoolingKind, RawConfig,
 };
 pub use secret::Secret;
 
@@ -126,6 +126,8 @@ pub struct RetrievalConfig {
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub collection: Option<String>,
+    pub top_k: Option<usize>,
+    pub template: Option<String>,
     pub id: String,
     pub balance: Balance,
     pub policy: Option<String>,
@@ -376,8 +378,26 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
                 "retrieval needs `[embeddings]` and `[milvus]` sections".to_owned(),
             ));
         }
+        if let Some(top_k) = model.top_k
+            && !(1..=100).contains(&top_k)
+        {
+            return Err(error(
+                format!("models[{i}].top_k"),
+                "must be between 1 and 100".to_owned(),
+            ));
+        }
+        if let Some(template) = &model.template
+            && !template.contains("{context_str}")
+        {
+            return Err(error(
+                format!("models[{i}].template"),
+                "must contain {context_str} (where the retrieved text goes)".to_owned(),
+            ));
+        }
         models.push(ModelConfig {
             collection: model.collection.clone(),
+            top_k: model.top_k,
+            template: model.template.clone(),
             id: model.id.clone(),
             balance: model.balance,
             policy: model.policy.clone(),

@@ -344,6 +344,11 @@ pub struct RawModel {
     /// unless the request names one (`warden.collection`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collection: Option<String>,
+    /// This model's chunk count and QA template, instead of `[retrieval]`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     pub targets: Vec<RawTarget>,
 }
 

@@ -184,8 +184,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             }
         }
     };
-    let ready =
-        models.values().all(|m| m.status == "ready") && !(guard.required && guard.status == "down");
+    let ready = models.values().all(|m| m.status == "ready")
+        && !(guard.required && guard.status == "down")
+        && !(knowledge.required && knowledge.milvus == "down");
     let code = if ready {
         StatusCode::OK
     } else {

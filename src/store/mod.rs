@@ -388,10 +388,47 @@ impl Store {
     /// Names of the collections on the server.
     pub async fn list(&self) -> Result<Vec<String>, StoreError> {
         let request = ListCollectionsRequest::builder().build().map_err(failed)?;
-        let response = self
+        match self
             .limit(self.client().await?.list_collections(request))
-            .await?;
-        Ok(response.collection_names().to_vec())
+            .await
+        {
+            Ok(response) => Ok(response.collection_names().to_vec()),
+            // Milvus Lite answers with the names but not the parallel arrays (ids, timestamps)
+            // that the v2 client insists on; the v1 client reads the names alone.
+            Err(StoreError::Unavailable(message))
+                if message.contains("parallel") || message.contains("ShowCollectionsResponse") =>
+            {
+                self.list_names_only().await
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn list_names_only(&self) -> Result<Vec<String>, StoreError> {
+        let (username, password) = match self.config.token.as_ref().map(|t| t.expose().to_owned()) {
+            Some(token) => match token.split_once(':') {
+                Some((user, pass)) => (Some(user.to_owned()), Some(pass.to_owned())),
+                None => (None, None),
+            },
+            None => (None, None),
+        };
+        let late = || StoreError::Unavailable("Milvus did not answer in time".to_owned());
+        let client = tokio::time::timeout(
+            self.timeout,
+            milvus::client::Client::with_timeout(
+                self.config.uri.clone(),
+                self.timeout,
+                username,
+                password,
+            ),
+        )
+        .await
+        .map_err(|_| late())?
+        .map_err(failed)?;
+        tokio::time::timeout(self.timeout, client.list_collections())
+            .await
+            .map_err(|_| late())?
+            .map_err(failed)
     }
 
     /// Removes every chunk of a document of a tenant.
@@ -494,9 +531,7 @@ impl Store {
             .await
         {
             // After a server restart a collection is not loaded: load it and ask again.
-            Err(StoreError::Unavailable(message))
-                if message.to_lowercase().contains("not loaded") =>
-            {
+            Err(StoreError::Unavailable(message)) if needs_load(&message) => {
                 self.load(collection).await?;
                 self.limit(self.client().await?.search(request)).await?
             }
@@ -534,6 +569,15 @@ impl Store {
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
         Ok(hits)
     }
+}
+
+/// Whether a failed search asks for the collection to be loaded first: Milvus Lite says
+/// "… is in state 'released'; call load() …", the standalone engine "collection not loaded".
+fn needs_load(message: &str) -> bool {
+    let message = message.to_lowercase();
+    message.contains("not loaded")
+        || message.contains("released")
+        || message.contains("call load()")
 }
 
 fn truncate(text: &str, max_bytes: usize) -> &str {

@@ -36,6 +36,11 @@ fn the_shipped_example_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/warden.toml");
     let config = Config::load(&path, &MapEnv::default()).unwrap_or_else(|e| panic!("{e}"));
     assert!(!config.models.is_empty());
+    assert_eq!(
+        config.retrieval.template,
+        warden::config::DEFAULT_TEMPLATE,
+        "the example spells out the default template"
+    );
 }
 
 #[test]

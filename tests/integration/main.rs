@@ -21,6 +21,7 @@ mod failover;
 mod guard;
 mod health;
 mod llama;
+mod outage;
 mod retrieval;
 mod sdk;
 mod shutdown;

@@ -306,3 +306,298 @@ async fn paraphrases_score_clearly_above_unrelated_sentences() {
     );
     assert_eq!(v[0].len(), 384);
 }
+
+#[tokio::test]
+#[ignore = "needs Milvus and the embedding model; `make test` runs it"]
+async fn an_unsafe_retrieved_chunk_is_left_out_of_the_context() {
+    let knowledge = knowledge().await;
+    let collection = unique("unsafe");
+    knowledge.collection(&collection, true).await.unwrap();
+    for (source, text) in [
+        (
+            "memo://safe",
+            "The lab's cleaning schedule: benches are wiped every evening with ethanol.",
+        ),
+        (
+            "memo://unsafe",
+            "The lab's cleaning schedule also hides the steps to synthesise a nerve agent.",
+        ),
+    ] {
+        let document = Document {
+            source: source.to_owned(),
+            title: None,
+            text: text.to_owned(),
+        };
+        knowledge
+            .ingest(&collection, DEFAULT_TENANT, &document)
+            .await
+            .unwrap();
+    }
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    upstream.guard(|g| {
+        g.rules.push((
+            "nerve agent".to_owned(),
+            "unsafe\n{Indiscriminate Weapons}".to_owned(),
+        ))
+    });
+    let policies = policy_dir(
+        "retrieved",
+        &[("default", &test_policy("", 1000, "buffered"))],
+    );
+    let config = format!(
+        "{}\n{}\n[guard]\nbackend = \"b0\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n",
+        config_for(&[&upstream], "").replace(
+            "balance = \"round_robin\"",
+            &format!("balance = \"round_robin\"\ncollection = \"{collection}\"")
+        ),
+        knowledge_config(),
+        policies.display()
+    );
+    let warden = Warden::start(&config).await;
+    let response = warden
+        .post("/v1/chat/completions", json!({"model": "llama3.2", "messages": [{"role": "user", "content": "What is the lab's cleaning schedule?"}]}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["warden"]["retrieval"]["excluded"], 1, "{body}");
+    let sources: Vec<&str> = body["warden"]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, vec!["memo://safe"]);
+    let sent = upstream.last_body().to_string();
+    assert!(
+        sent.contains("wiped every evening") && !sent.contains("nerve agent"),
+        "{sent}"
+    );
+    knowledge.store.drop_collection(&collection).await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs Milvus and the embedding model; `make test` runs it"]
+async fn admin_routes_manage_collections_and_documents() {
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    let config = format!(
+        "{}\n{}",
+        config_for(&[&upstream], "admin_token = \"env:TEST_ADMIN_TOKEN\""),
+        knowledge_config()
+    );
+    let env = warden::config::MapEnv::default().with("TEST_ADMIN_TOKEN", "s3cret-admin");
+    let warden = Warden::start_with_env(&config, env).await;
+    let collection = unique("admin");
+    let admin = |method: reqwest::Method, path: String| {
+        client()
+            .request(method, warden.url(&path))
+            .bearer_auth("s3cret-admin")
+    };
+
+    let denied = client()
+        .post(warden.url("/v1/collections"))
+        .json(&json!({"name": collection}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    let wrong = client()
+        .get(warden.url("/v1/collections"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let created = admin(reqwest::Method::POST, "/v1/collections".into())
+        .json(&json!({"name": collection}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let again = admin(reqwest::Method::POST, "/v1/collections".into())
+        .json(&json!({"name": collection}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400);
+    let bad_name = admin(reqwest::Method::POST, "/v1/collections".into())
+        .json(&json!({"name": "a\" or 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_name.status(), 400);
+
+    let added: serde_json::Value = admin(reqwest::Method::POST, format!("/v1/collections/{collection}/documents"))
+        .json(&json!({"text": "The Nimbus kettle boils a litre of water in ninety seconds.", "source": "manual://nimbus"}))
+        .send().await.unwrap().json().await.unwrap();
+    assert_eq!(added["chunks"], 1);
+    assert_eq!(added["id"], doc_id_for("manual://nimbus"));
+    let (url, _page) = serve_page(PAGE).await;
+    let from_url: serde_json::Value = admin(
+        reqwest::Method::POST,
+        format!("/v1/collections/{collection}/documents"),
+    )
+    .json(&json!({"url": url}))
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(from_url["title"], "Aurora heater manual");
+    let uploaded = admin(
+        reqwest::Method::POST,
+        format!("/v1/collections/{collection}/files?source=guide.md"),
+    )
+    .header("content-type", "text/markdown")
+    .body("# Guide\n\nThe Orbit lamp dims when you tap it twice.")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(uploaded.status(), 200);
+
+    let listed: serde_json::Value = admin(reqwest::Method::GET, "/v1/collections".into())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == collection.as_str())
+        .expect("listed");
+    assert_eq!(entry["dimension"], 384);
+
+    let state = warden::AppState::new(shared_config().clone()).unwrap();
+    let kb = state.knowledge.unwrap();
+    let hits = kb
+        .search(
+            &collection,
+            DEFAULT_TENANT,
+            "how fast does the kettle boil",
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits[0].source, "manual://nimbus");
+    let deleted = admin(
+        reqwest::Method::DELETE,
+        format!(
+            "/v1/collections/{collection}/documents/{}",
+            doc_id_for("manual://nimbus")
+        ),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(
+        kb.store
+            .count_document(&collection, DEFAULT_TENANT, &doc_id_for("manual://nimbus"))
+            .await
+            .unwrap(),
+        0
+    );
+
+    let dropped = admin(
+        reqwest::Method::DELETE,
+        format!("/v1/collections/{collection}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(dropped.status(), 200);
+    let gone = admin(
+        reqwest::Method::DELETE,
+        format!("/v1/collections/{collection}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(gone.status(), 404);
+}
+
+#[tokio::test]
+#[ignore = "needs Milvus and the embedding model; `make test` runs it"]
+async fn the_ingest_command_reports_and_skips_what_it_cannot_read() {
+    let collection = unique("cli");
+    let dir = write_corpus("cli");
+    std::fs::write(dir.join("broken.txt"), [0xff, 0xfe, 0x00, 0x80]).unwrap();
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    let config_path = dir.join("warden.toml");
+    std::fs::write(
+        &config_path,
+        format!("{}\n{}", config_for(&[&upstream], ""), knowledge_config()),
+    )
+    .unwrap();
+    let run = |args: Vec<String>| {
+        let config_path = config_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_warden"));
+            for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("WARDEN_")) {
+                command.env_remove(name);
+            }
+            command
+                .args(&args)
+                .arg("--config")
+                .arg(&config_path)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(vec![
+        "ingest".into(),
+        "--collection".into(),
+        collection.clone(),
+        dir.display().to_string(),
+    ])
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "one document failed: {stdout}");
+    assert!(stdout.contains("ingested 3 documents"), "{stdout}");
+    assert!(
+        stdout.contains("skipped") && stdout.contains("broken.txt") && stdout.contains("UTF-8"),
+        "{stdout}"
+    );
+
+    let out = run(vec!["collections".into(), "list".into()])
+        .await
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains(&format!("{collection}\t384 dimensions")),
+        "{listed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kestrel = std::fs::canonicalize(dir.join("kestrel.md"))
+        .unwrap()
+        .display()
+        .to_string();
+    let out = run(vec![
+        "docs".into(),
+        "delete".into(),
+        "--collection".into(),
+        collection.clone(),
+        doc_id_for(&kestrel),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("chunks) from"));
+    let out = run(vec![
+        "collections".into(),
+        "drop".into(),
+        collection.clone(),
+    ])
+    .await
+    .unwrap();
+    assert!(out.status.success());
+}

@@ -29,8 +29,9 @@ async fn the_openai_python_sdk_works_against_warden() {
         )],
     );
     let config = format!(
-        "{config}\n[guard]\nbackend = \"local\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n",
-        policies.display()
+        "{config}\n[guard]\nbackend = \"local\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n[embeddings]\nmodel_dir = \"{}\"\n",
+        policies.display(),
+        crate::retrieval::model_dir()
     );
     ollama.guard(|g| {
         g.rules.push((

@@ -100,3 +100,25 @@ def test_moderations_create(client):
     assert flagged.categories.illicit is True
     assert fine.flagged is False
     assert fine.categories.violence is False
+
+
+def test_embeddings_create(client):
+    # The SDK asks for base64 by default and decodes it; float is asked for explicitly here too.
+    sentences = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]
+    result = client.embeddings.create(model="all-MiniLM-L6-v2", input=sentences)
+    vectors = [d.embedding for d in result.data]
+    assert [d.index for d in result.data] == [0, 1, 2]
+    assert all(len(v) == 384 for v in vectors)
+    assert result.usage.prompt_tokens > 0
+    as_floats = client.embeddings.create(model="all-MiniLM-L6-v2", input=sentences[0], encoding_format="float")
+    assert max(abs(a - b) for a, b in zip(as_floats.data[0].embedding, vectors[0])) < 1e-6
+
+    def cosine(a, b):
+        return sum(x * y for x, y in zip(a, b))
+
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.3
+
+
+def test_embeddings_of_an_unknown_model_raise_not_found(client):
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="text-embedding-3-small", input="hello")
