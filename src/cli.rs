@@ -41,6 +41,9 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// API keys: hash a key for the config, or make a new one.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Documents of a collection.
     Docs {
         #[command(subcommand)]
@@ -58,6 +61,9 @@ pub struct IngestArgs {
     /// Files, folders (read recursively: .txt, .md, .html) and http(s) URLs.
     #[arg(required = true)]
     pub sources: Vec<String>,
+    /// The tenant the documents belong to (the `tenant` of the API keys that may find them).
+    #[arg(long, default_value = DEFAULT_TENANT)]
+    pub tenant: String,
     #[command(flatten)]
     pub config: ConfigArg,
 }
@@ -73,12 +79,22 @@ pub enum CollectionsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Read a key from standard input and print its SHA-256, for `key_sha256` in `[[keys]]`.
+    Hash,
+    /// Print a new random key and its SHA-256.
+    New,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DocsCommand {
     /// Remove a document (all its chunks) from a collection.
     Delete {
         #[arg(long)]
         collection: String,
         doc_id: String,
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
     },
 }
 
@@ -124,13 +140,53 @@ pub fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Check { paths }) => policy_check(&paths),
         Command::Guard(args) => guard(&args),
         Command::Ingest(args) => with_knowledge(&args.config.config, |k| {
-            ingest(k, args.collection.clone(), args.sources.clone())
+            ingest(
+                k,
+                args.collection.clone(),
+                args.tenant.clone(),
+                args.sources.clone(),
+            )
         }),
         Command::Collections { command, config } => {
             with_knowledge(&config.config, |k| collections(k, command))
         }
+        Command::Keys(command) => keys(command),
         Command::Docs { command, config } => with_knowledge(&config.config, |k| docs(k, command)),
     }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn keys(command: KeysCommand) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match command {
+        KeysCommand::Hash => {
+            let mut key = String::new();
+            if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
+                report(
+                    "give the key on standard input, e.g. `printf %s \"$KEY\" | warden keys hash`",
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let _ = writeln!(out, "{}", sha256_hex(key.trim()));
+        }
+        KeysCommand::New => {
+            // Two v4 UUIDs: 244 random bits from the operating system's generator.
+            let key = format!(
+                "sk-warden-{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            let _ = writeln!(out, "key:        {key}\nkey_sha256: {}", sha256_hex(&key));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Runs a knowledge-base command: loads the embedding model, connects to Milvus (failing early
@@ -192,6 +248,7 @@ where
 async fn ingest(
     knowledge: std::sync::Arc<Knowledge>,
     collection: String,
+    tenant: String,
     sources: Vec<String>,
 ) -> ExitCode {
     if let Err(err) = knowledge.collection(&collection, true).await {
@@ -200,33 +257,28 @@ async fn ingest(
     }
     let terminal = std::io::stderr().is_terminal();
     let report_data = knowledge
-        .ingest_sources(
-            &collection,
-            DEFAULT_TENANT,
-            &sources,
-            |done, total, name| {
-                if terminal {
-                    let width = 30;
-                    let filled = (done * width).checked_div(total).unwrap_or(width);
-                    let _ = write!(
-                        std::io::stderr(),
-                        "\r[{}{}] {done}/{total} {}\x1b[K",
-                        "#".repeat(filled),
-                        " ".repeat(width - filled),
-                        name.chars()
-                            .rev()
-                            .take(60)
-                            .collect::<Vec<_>>()
-                            .into_iter()
-                            .rev()
-                            .collect::<String>()
-                    );
-                    if done == total {
-                        let _ = writeln!(std::io::stderr());
-                    }
+        .ingest_sources(&collection, &tenant, &sources, |done, total, name| {
+            if terminal {
+                let width = 30;
+                let filled = (done * width).checked_div(total).unwrap_or(width);
+                let _ = write!(
+                    std::io::stderr(),
+                    "\r[{}{}] {done}/{total} {}\x1b[K",
+                    "#".repeat(filled),
+                    " ".repeat(width - filled),
+                    name.chars()
+                        .rev()
+                        .take(60)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<String>()
+                );
+                if done == total {
+                    let _ = writeln!(std::io::stderr());
                 }
-            },
-        )
+            }
+        })
         .await;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
@@ -297,7 +349,11 @@ async fn collections(
 }
 
 async fn docs(knowledge: std::sync::Arc<Knowledge>, command: DocsCommand) -> ExitCode {
-    let DocsCommand::Delete { collection, doc_id } = command;
+    let DocsCommand::Delete {
+        collection,
+        doc_id,
+        tenant,
+    } = command;
     let result = async {
         knowledge
             .store
@@ -305,11 +361,11 @@ async fn docs(knowledge: std::sync::Arc<Knowledge>, command: DocsCommand) -> Exi
             .await?;
         let before = knowledge
             .store
-            .count_document(&collection, DEFAULT_TENANT, &doc_id)
+            .count_document(&collection, &tenant, &doc_id)
             .await?;
         knowledge
             .store
-            .delete_document(&collection, DEFAULT_TENANT, &doc_id)
+            .delete_document(&collection, &tenant, &doc_id)
             .await?;
         Ok::<usize, crate::store::StoreError>(before)
     }

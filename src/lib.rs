@@ -20,6 +20,7 @@
 //! [`build_app`] wraps the routes in, from the outside in: the request-id middleware (id,
 //! span, access log), the body limit (413 past `server.max_body_bytes`), and the state.
 
+pub mod auth;
 pub mod backends;
 pub mod cli;
 pub mod config;
@@ -54,6 +55,10 @@ pub use crate::state::AppState;
 pub fn build_app(state: AppState) -> Router {
     let body_limit = state.config.server.max_body_bytes;
     routes::routes()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(BodyLimit(body_limit)))
         .layer(axum::middleware::from_fn(request_id::middleware))

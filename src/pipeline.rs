@@ -26,11 +26,11 @@ use axum::Json;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::guard::output::OutputModerator;
 use crate::guard::policy::{BlockStyle, Policy};
 use crate::guard::{Decision, UNGUARDED_FIELDS, request_turns};
-use crate::knowledge::DEFAULT_TENANT;
 use crate::note::{GuardNote, Note};
 use crate::relay::{self, RelayOptions, StreamIdentity};
 use crate::request_id;
@@ -38,14 +38,20 @@ use crate::retrieval;
 use crate::state::{AppState, unix_now};
 use crate::types::{AssistantMessage, ChatCompletion, ChatRequest, Choice, MessageContent, Usage};
 
-pub async fn chat(state: AppState, mut request: ChatRequest) -> Result<Response, ApiError> {
+pub async fn chat(
+    state: AppState,
+    caller: Caller,
+    mut request: ChatRequest,
+) -> Result<Response, ApiError> {
     // 1. parse + validate
     validate(&request)?;
 
     // 2. resolve the model, its policy and its knowledge base
+    // A model the key may not use is as unknown as one that does not exist, as OpenAI answers.
     let route = state
         .pool
         .route(&request.model)
+        .filter(|route| caller.may_use_model(&route.id))
         .ok_or_else(|| ApiError::ModelNotFound {
             model: request.model.clone(),
         })?;
@@ -56,7 +62,7 @@ pub async fn chat(state: AppState, mut request: ChatRequest) -> Result<Response,
         None => None,
         Some(guard) => {
             let policy = guard
-                .policy_for(&route.id)
+                .policy_for(caller.policy.as_deref(), &route.id)
                 .ok_or_else(|| ApiError::Internal {
                     detail: format!("no policy for model `{}`", route.id),
                 })?;
@@ -64,7 +70,7 @@ pub async fn chat(state: AppState, mut request: ChatRequest) -> Result<Response,
         }
     };
     let options = request.warden.take().unwrap_or_default();
-    let plan = retrieval::plan(&state, &route, &options, &request)?;
+    let plan = retrieval::plan(&state, &caller, &route, &options, &request)?;
 
     // 3. pre-dispatch checks: the input guard and retrieval, at the same time
     let mut note = Note::default();
@@ -92,7 +98,7 @@ pub async fn chat(state: AppState, mut request: ChatRequest) -> Result<Response,
         match (&plan, &state.knowledge) {
             (Some(plan), Some(knowledge)) => Some(
                 knowledge
-                    .search(&plan.collection, DEFAULT_TENANT, &plan.query, plan.top_k)
+                    .search(&plan.collection, &caller.tenant, &plan.query, plan.top_k)
                     .await,
             ),
             _ => None,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::Caller;
 use crate::backends::pool::ModelRoute;
 use crate::config::{OnUnavailable, Placement};
 use crate::error::ApiError;
@@ -41,6 +42,7 @@ fn text_of(message: &ChatMessage) -> String {
 /// overrides the model's collection, `warden.top_k` the configured count.
 pub fn plan(
     state: &AppState,
+    caller: &Caller,
     route: &ModelRoute,
     options: &WardenOptions,
     request: &ChatRequest,
@@ -63,6 +65,11 @@ pub fn plan(
     else {
         return Ok(None);
     };
+    if !caller.may_use_collection(&collection) {
+        return Err(ApiError::Forbidden {
+            message: format!("this key may not search the collection `{collection}`"),
+        });
+    }
     if !valid_collection_name(&collection) {
         return Err(ApiError::invalid(
             format!("`{collection}` is not a valid collection name"),

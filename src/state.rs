@@ -39,13 +39,19 @@ impl AppState {
                 let backend = pool.backend(&guard_config.backend).ok_or_else(|| {
                     format!("guard.backend: unknown backend `{}`", guard_config.backend)
                 })?;
+                let key_policies: Vec<(String, String)> = config
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, k)| k.policy.clone().map(|p| (format!("keys[{i}].policy"), p)))
+                    .collect();
                 let model_policies: HashMap<String, String> = config
                     .models
                     .iter()
                     .filter_map(|m| m.policy.clone().map(|p| (m.id.clone(), p)))
                     .collect();
-                let guard =
-                    Guard::new(guard_config, backend, model_policies).map_err(|e| e.to_string())?;
+                let guard = Guard::new(guard_config, backend, model_policies, key_policies)
+                    .map_err(|e| e.to_string())?;
                 tracing::info!(
                     model = %guard.model,
                     backend = %guard.backend_name,

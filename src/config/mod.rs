@@ -34,6 +34,7 @@ pub struct Config {
     pub embeddings: Option<EmbeddingsConfig>,
     pub milvus: Option<MilvusConfig>,
     pub retrieval: RetrievalConfig,
+    pub keys: Vec<KeyConfig>,
     /// The file as read plus overrides and defaults; secrets in it are references only.
     pub effective: RawConfig,
 }
@@ -46,6 +47,29 @@ pub struct ServerConfig {
     pub sse_keep_alive: Duration,
     pub readiness_timeout: Duration,
     pub admin_token: Option<Secret>,
+    pub allow_anonymous: bool,
+}
+
+/// A configured caller; `sha256` is the digest of its key.
+#[derive(Clone)]
+pub struct KeyConfig {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub tenant: String,
+    pub policy: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub collections: Option<Vec<String>>,
+    pub admin: bool,
+}
+
+impl std::fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("name", &self.name)
+            .field("tenant", &self.tenant)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +310,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
                     .map_err(|m| error("server.admin_token".to_owned(), m))?,
             ),
         },
+        allow_anonymous: raw.server.allow_anonymous,
     };
 
     if raw.backends.is_empty() {
@@ -560,7 +585,19 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
         max_document_bytes: r.max_document_bytes,
     };
 
+    let keys = validate_keys(&raw, env, &models).map_err(|(key, message)| error(key, message))?;
+    if keys.is_empty() && !server.listen.ip().is_loopback() && !server.allow_anonymous {
+        return Err(error(
+            "server.listen".to_owned(),
+            format!(
+                "{} is reachable from other machines but no [[keys]] are configured: add keys, or set server.allow_anonymous = true to serve anyone",
+                server.listen
+            ),
+        ));
+    }
+
     Ok(Config {
+        keys,
         source: path.to_owned(),
         guard,
         embeddings,
@@ -575,6 +612,83 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
         models,
         effective: raw,
     })
+}
+
+fn validate_keys(
+    raw: &RawConfig,
+    env: &dyn Environment,
+    models: &[ModelConfig],
+) -> Result<Vec<KeyConfig>, (String, String)> {
+    use sha2::{Digest, Sha256};
+    let mut keys = Vec::with_capacity(raw.keys.len());
+    let mut names = HashSet::new();
+    let mut digests = HashSet::new();
+    for (i, key) in raw.keys.iter().enumerate() {
+        let at = |field: &str| format!("keys[{i}].{field}");
+        if key.name.trim().is_empty() || !names.insert(key.name.as_str()) {
+            return Err((
+                at("name"),
+                "a key needs a name, unique among the keys".to_owned(),
+            ));
+        }
+        let sha256: [u8; 32] = match (&key.key_sha256, &key.key) {
+            (Some(hex), None) => parse_sha256(hex).ok_or_else(|| {
+                (
+                    at("key_sha256"),
+                    "must be 64 hex digits (`warden keys hash` prints it)".to_owned(),
+                )
+            })?,
+            (None, Some(reference)) => {
+                let secret = resolve_secret(reference, env).map_err(|m| (at("key"), m))?;
+                Sha256::digest(secret.expose().as_bytes()).into()
+            }
+            _ => {
+                return Err((
+                    at("key_sha256"),
+                    "give exactly one of `key_sha256` and `key` (an `env:` reference)".to_owned(),
+                ));
+            }
+        };
+        if !digests.insert(sha256) {
+            return Err((at("key_sha256"), "two keys have the same value".to_owned()));
+        }
+        if key.tenant.trim().is_empty() || key.tenant.len() > 256 {
+            return Err((at("tenant"), "must be 1 to 256 characters".to_owned()));
+        }
+        for model in key.models.iter().flatten() {
+            if !models.iter().any(|m| &m.id == model) {
+                return Err((at("models"), format!("unknown model `{model}`")));
+            }
+        }
+        if key.policy.is_some() && raw.guard.is_none() {
+            return Err((
+                at("policy"),
+                "a key policy needs a `[guard]` section".to_owned(),
+            ));
+        }
+        keys.push(KeyConfig {
+            name: key.name.clone(),
+            sha256,
+            tenant: key.tenant.clone(),
+            policy: key.policy.clone(),
+            models: key.models.clone(),
+            collections: key.collections.clone(),
+            admin: key.admin,
+        });
+    }
+    Ok(keys)
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn parse_base_url(text: &str) -> Result<Url, String> {

@@ -23,6 +23,38 @@ pub struct RawConfig {
     pub milvus: Option<RawMilvus>,
     #[serde(default)]
     pub retrieval: RawRetrieval,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<RawKey>,
+}
+
+/// `[[keys]]`: a caller. The key itself is never in the file: its SHA-256 (`warden keys hash`)
+/// or a reference to a variable that holds it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// The safety policy for this caller (wins over the model's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Model ids this key may use; absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// Collections this key may search; absent: all of its tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collections: Option<Vec<String>>,
+    /// May use the knowledge-base admin routes.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+fn default_tenant() -> String {
+    "default".to_owned()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -237,6 +269,9 @@ pub struct RawServer {
     /// admin routes answer 403.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
+    /// Serve callers without a key on an address other than loopback. Off: Warden refuses to
+    /// start that way when no `[[keys]]` are configured.
+    pub allow_anonymous: bool,
 }
 
 impl Default for RawServer {
@@ -248,6 +283,7 @@ impl Default for RawServer {
             sse_keep_alive_ms: 15_000,
             readiness_timeout_ms: 2_000,
             admin_token: None,
+            allow_anonymous: false,
         }
     }
 }

@@ -138,6 +138,8 @@ pub struct Guard {
     policies_dir: PathBuf,
     pub default_policy: String,
     model_policies: HashMap<String, String>,
+    /// Policies that API keys name: a reload must keep them.
+    key_policies: Vec<String>,
     cache: moka::sync::Cache<[u8; 32], Reading>,
 }
 
@@ -146,8 +148,19 @@ impl Guard {
         config: &GuardConfig,
         backend: Arc<BackendHandle>,
         model_policies: HashMap<String, String>,
+        key_policies: Vec<(String, String)>,
     ) -> Result<Guard, PolicyError> {
         let set = PolicySet::load_dir(&config.policies_dir)?;
+        for (key, name) in &key_policies {
+            if set.get(name).is_none() {
+                return Err(PolicyError {
+                    file: config.policies_dir.clone(),
+                    line: None,
+                    key: Some(key.clone()),
+                    message: format!("no policy named `{name}`"),
+                });
+            }
+        }
         check_names(&set, config, &model_policies)?;
         Ok(Guard {
             backend_name: backend.name.clone(),
@@ -161,6 +174,7 @@ impl Guard {
             policies_dir: config.policies_dir.clone(),
             default_policy: config.default_policy.clone(),
             model_policies,
+            key_policies: key_policies.into_iter().map(|(_, name)| name).collect(),
             cache: moka::sync::Cache::builder()
                 .max_capacity(config.cache_capacity)
                 .time_to_live(config.cache_ttl)
@@ -174,6 +188,7 @@ impl Guard {
         for name in self
             .model_policies
             .values()
+            .chain(&self.key_policies)
             .chain(std::iter::once(&self.default_policy))
         {
             if set.get(name).is_none() {
@@ -190,11 +205,10 @@ impl Guard {
         Ok(count)
     }
 
-    /// The policy for a client-facing model id.
-    pub fn policy_for(&self, model: &str) -> Option<Arc<Policy>> {
-        let name = self
-            .model_policies
-            .get(model)
+    /// The policy for a request: the caller's key's own, else the model's, else the default.
+    pub fn policy_for(&self, key_policy: Option<&str>, model: &str) -> Option<Arc<Policy>> {
+        let name = key_policy
+            .or_else(|| self.model_policies.get(model).map(String::as_str))
             .unwrap_or(&self.default_policy);
         self.policies.load().get(name)
     }

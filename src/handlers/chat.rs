@@ -1,6 +1,8 @@
+use axum::Extension;
 use axum::extract::State;
 use axum::response::Response;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::pipeline;
@@ -9,7 +11,8 @@ use crate::types::ChatRequest;
 
 pub async fn completions(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    pipeline::chat(state, request).await
+    pipeline::chat(state, caller, request).await
 }

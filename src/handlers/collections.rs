@@ -8,18 +8,18 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::ingest::text::{Format, extract, format_of};
-use crate::knowledge::{DEFAULT_TENANT, Document, Knowledge, KnowledgeError, doc_id_for};
+use crate::knowledge::{Document, Knowledge, KnowledgeError, doc_id_for};
 use crate::state::AppState;
 use crate::store::{StoreError, valid_collection_name};
 
-/// A caller holding the admin token (`server.admin_token`), compared in constant time.
-pub struct Admin;
+/// An admin caller: a key with `admin = true`, or the `server.admin_token`.
+pub struct Admin(pub Caller);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -28,30 +28,28 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(expected) = &state.config.server.admin_token else {
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::anonymous);
+        if caller.admin {
+            return Ok(Admin(caller));
+        }
+        let enabled =
+            state.config.server.admin_token.is_some() || state.config.keys.iter().any(|k| k.admin);
+        if !enabled {
             return Err(ApiError::Forbidden {
-                message: "admin routes are disabled: set server.admin_token to enable them"
+                message: "admin routes are disabled: configure an admin key or server.admin_token"
                     .to_owned(),
             });
-        };
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        // Hashing first makes the comparison independent of where the strings differ.
-        let a = Sha256::digest(given.as_bytes());
-        let b = Sha256::digest(expected.expose().as_bytes());
-        let same = a
-            .iter()
-            .zip(b.iter())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0;
-        if same {
-            Ok(Admin)
-        } else {
+        }
+        if caller.name == "anonymous" {
             Err(ApiError::Unauthorized)
+        } else {
+            Err(ApiError::Forbidden {
+                message: "this key may not use the knowledge-base admin routes".to_owned(),
+            })
         }
     }
 }
@@ -202,6 +200,7 @@ pub struct NewDocument {
 
 async fn ingest_one(
     knowledge: &Knowledge,
+    tenant: &str,
     collection: &str,
     create: bool,
     document: Document,
@@ -211,7 +210,7 @@ async fn ingest_one(
         .await
         .map_err(knowledge_error)?;
     let chunks = knowledge
-        .ingest(collection, DEFAULT_TENANT, &document)
+        .ingest(collection, tenant, &document)
         .await
         .map_err(knowledge_error)?;
     Ok(Json(json!({
@@ -225,7 +224,7 @@ async fn ingest_one(
 }
 
 pub async fn add_document(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState>,
     Path(collection): Path<String>,
     JsonBody(body): JsonBody<NewDocument>,
@@ -275,7 +274,14 @@ pub async fn add_document(
             ));
         }
     };
-    ingest_one(knowledge, &collection, body.create, document).await
+    ingest_one(
+        knowledge,
+        &caller.tenant,
+        &collection,
+        body.create,
+        document,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,7 +295,7 @@ pub struct UploadQuery {
 /// A file uploaded as the request body; its content type (or the source's extension) says how
 /// to read it.
 pub async fn upload(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState>,
     Path(collection): Path<String>,
     Query(query): Query<UploadQuery>,
@@ -317,11 +323,18 @@ pub async fn upload(
         title: extracted.title,
         text: extracted.text,
     };
-    ingest_one(knowledge, &collection, query.create, document).await
+    ingest_one(
+        knowledge,
+        &caller.tenant,
+        &collection,
+        query.create,
+        document,
+    )
+    .await
 }
 
 pub async fn delete_document(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState>,
     Path((collection, doc_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
@@ -334,7 +347,7 @@ pub async fn delete_document(
         .map_err(|e| knowledge_error(e.into()))?;
     knowledge
         .store
-        .delete_document(&collection, DEFAULT_TENANT, &doc_id)
+        .delete_document(&collection, &caller.tenant, &doc_id)
         .await
         .map_err(|e| knowledge_error(e.into()))?;
     Ok(Json(

@@ -1,5 +1,7 @@
-use axum::Json;
 use axum::extract::{Path, State};
+use axum::{Extension, Json};
+
+use crate::auth::Caller;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -14,13 +16,18 @@ fn entry(state: &AppState, id: &str) -> ModelEntry {
     }
 }
 
-pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
+/// The models this caller may use.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<ModelList> {
     Json(ModelList {
         object: "list".to_owned(),
         data: state
             .pool
             .model_ids()
             .iter()
+            .filter(|id| caller.may_use_model(id))
             .map(|id| entry(&state, id))
             .collect(),
     })
@@ -29,11 +36,13 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
 /// `GET /v1/models/{id}` (the SDKs' `models.retrieve`). Ids may contain `/`.
 pub async fn retrieve(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelEntry>, ApiError> {
     state
         .pool
         .route(&id)
+        .filter(|route| caller.may_use_model(&route.id))
         .map(|route| Json(entry(&state, &route.id)))
         .ok_or(ApiError::ModelNotFound { model: id })
 }

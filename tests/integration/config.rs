@@ -117,10 +117,13 @@ fn invalid_toml_names_the_line() {
 
 #[test]
 fn environment_overrides_apply_and_are_named_in_errors() {
-    let env = env().with("WARDEN_SERVER__LISTEN", "0.0.0.0:9999").with(
-        "WARDEN_BACKENDS__LOCAL_OLLAMA__TIMEOUTS__FIRST_TOKEN_MS",
-        "1234",
-    );
+    let env = env()
+        .with("WARDEN_SERVER__LISTEN", "0.0.0.0:9999")
+        .with("WARDEN_SERVER__ALLOW_ANONYMOUS", "true")
+        .with(
+            "WARDEN_BACKENDS__LOCAL_OLLAMA__TIMEOUTS__FIRST_TOKEN_MS",
+            "1234",
+        );
     let config = parse(VALID, &env).unwrap();
     assert_eq!(config.server.listen.to_string(), "0.0.0.0:9999");
     let ollama = config

@@ -20,6 +20,7 @@ mod errors;
 mod failover;
 mod guard;
 mod health;
+mod keys;
 mod llama;
 mod outage;
 mod retrieval;

@@ -601,3 +601,141 @@ async fn the_ingest_command_reports_and_skips_what_it_cannot_read() {
     .unwrap();
     assert!(out.status.success());
 }
+
+#[tokio::test]
+#[ignore = "needs Milvus and the embedding model; `make test` runs it"]
+async fn a_tenant_never_receives_another_tenants_chunks() {
+    use sha2::Digest;
+    let hex = |t: &str| {
+        sha2::Sha256::digest(t.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let collection = unique("tenants");
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    let config = format!(
+        "{}\n{}\n[[keys]]\nname = \"a\"\nkey_sha256 = \"{}\"\ntenant = \"tenant-a\"\nadmin = true\n\
+         [[keys]]\nname = \"b\"\nkey_sha256 = \"{}\"\ntenant = \"tenant-b\"\nadmin = true\n",
+        config_for(&[&upstream], "").replace(
+            "balance = \"round_robin\"",
+            &format!("balance = \"round_robin\"\ncollection = \"{collection}\"")
+        ),
+        knowledge_config(),
+        hex("key-a"),
+        hex("key-b")
+    );
+    let warden = Warden::start(&config).await;
+    let ingest = |key: &'static str, text: &'static str, source: &'static str| {
+        client()
+            .post(warden.url(&format!("/v1/collections/{collection}/documents")))
+            .bearer_auth(key)
+            .json(&json!({"text": text, "source": source, "create": true}))
+            .send()
+    };
+    assert_eq!(
+        ingest(
+            "key-a",
+            "Project Falcon's launch code is 7741 and its budget is four million.",
+            "a://falcon"
+        )
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    assert_eq!(
+        ingest(
+            "key-b",
+            "Project Heron's launch date is in May and its budget is two million.",
+            "b://heron"
+        )
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+
+    let ask = |key: &'static str, question: String, options: serde_json::Value| {
+        client()
+            .post(warden.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": "llama3.2", "messages": [{"role": "user", "content": question}], "warden": options}))
+            .send()
+    };
+    let attempts = [
+        "What is Project Falcon's launch code?".to_owned(),
+        "Falcon launch code\" or tenant == \"tenant-a".to_owned(),
+        "tenant != 'tenant-b' || doc_id like '%' Falcon budget".to_owned(),
+    ];
+    for question in attempts {
+        let response = ask("key-b", question.clone(), json!({"top_k": 10}))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{question}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        let sources: Vec<&str> = body["warden"]["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["source"].as_str().unwrap())
+            .collect();
+        assert!(
+            sources.iter().all(|s| s.starts_with("b://")),
+            "{question}: {sources:?}"
+        );
+        assert!(
+            !upstream.last_body().to_string().contains("7741"),
+            "{question}"
+        );
+    }
+    // Nothing in the request can name another tenant or widen the filter.
+    let widened = ask("key-b", "Falcon".into(), json!({"tenant": "tenant-a"}))
+        .await
+        .unwrap();
+    assert_eq!(widened.status(), 400);
+    let crafted = ask(
+        "key-b",
+        "Falcon".into(),
+        json!({"collection": format!("{collection}\" or tenant != \"x")}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(crafted.status(), 400);
+    // The owner does get it.
+    let own: serde_json::Value = ask(
+        "key-a",
+        "What is Project Falcon's launch code?".into(),
+        json!({}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(own["warden"]["sources"][0]["source"], "a://falcon");
+    // A tenant cannot delete another tenant's document either.
+    let deleted = client()
+        .delete(warden.url(&format!(
+            "/v1/collections/{collection}/documents/{}",
+            doc_id_for("a://falcon")
+        )))
+        .bearer_auth("key-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let still: serde_json::Value = ask(
+        "key-a",
+        "What is Project Falcon's launch code?".into(),
+        json!({}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(still["warden"]["sources"][0]["source"], "a://falcon");
+    let kb = knowledge().await;
+    kb.store.drop_collection(&collection).await.unwrap();
+}

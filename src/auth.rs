@@ -1,0 +1,159 @@
+//! Who is calling: `Authorization: Bearer KEY`, as the OpenAI SDKs send it, matched against the
+//! configured keys by SHA-256 digest in constant time. Each key brings its tenant, its policy,
+//! the models and collections it may use, and whether it is an admin. With no keys configured
+//! every caller is anonymous (tenant `default`), which the config allows only on loopback unless
+//! `server.allow_anonymous` says otherwise.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+use crate::config::KeyConfig;
+use crate::error::ApiError;
+use crate::knowledge::DEFAULT_TENANT;
+use crate::state::AppState;
+
+/// The caller of one request, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The key's name (never the key), for logs and metrics; `anonymous` or `admin-token`.
+    pub name: String,
+    pub tenant: String,
+    pub policy: Option<String>,
+    pub models: Option<Arc<Vec<String>>>,
+    pub collections: Option<Arc<Vec<String>>>,
+    pub admin: bool,
+}
+
+impl Caller {
+    pub fn anonymous() -> Caller {
+        Caller {
+            name: "anonymous".to_owned(),
+            tenant: DEFAULT_TENANT.to_owned(),
+            policy: None,
+            models: None,
+            collections: None,
+            admin: false,
+        }
+    }
+
+    fn of(key: &KeyConfig) -> Caller {
+        Caller {
+            name: key.name.clone(),
+            tenant: key.tenant.clone(),
+            policy: key.policy.clone(),
+            models: key.models.clone().map(Arc::new),
+            collections: key.collections.clone().map(Arc::new),
+            admin: key.admin,
+        }
+    }
+
+    pub fn may_use_model(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == model))
+    }
+
+    pub fn may_use_collection(&self, collection: &str) -> bool {
+        self.collections
+            .as_ref()
+            .is_none_or(|c| c.iter().any(|x| x == collection))
+    }
+}
+
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// The caller a bearer token names, looking at every key whatever matches, so the time taken
+/// does not tell which key came close.
+pub fn authenticate(state: &AppState, bearer: Option<&str>) -> Result<Caller, ApiError> {
+    let keys = &state.config.keys;
+    let admin_token = state.config.server.admin_token.as_ref();
+    let Some(bearer) = bearer else {
+        return if keys.is_empty() {
+            Ok(Caller::anonymous())
+        } else {
+            Err(ApiError::Unauthorized)
+        };
+    };
+    let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+    let mut found = None;
+    for key in keys {
+        if same(&digest, &key.sha256) {
+            found = Some(key);
+        }
+    }
+    if let Some(key) = found {
+        return Ok(Caller::of(key));
+    }
+    if let Some(token) = admin_token {
+        let expected: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
+        if same(&digest, &expected) {
+            return Ok(Caller {
+                name: "admin-token".to_owned(),
+                admin: true,
+                ..Caller::anonymous()
+            });
+        }
+    }
+    if keys.is_empty() {
+        // Anonymous mode: a client's own key (the SDKs always send one) is not Warden's business.
+        Ok(Caller::anonymous())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Puts the [`Caller`] in the request, or answers 401. Health and metrics are open.
+pub async fn middleware(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return next.run(request).await;
+    }
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match authenticate(&state, bearer) {
+        Ok(caller) => {
+            tracing::Span::current().record("key", caller.name.as_str());
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_default_to_everything() {
+        let caller = Caller::anonymous();
+        assert!(caller.may_use_model("x") && caller.may_use_collection("y"));
+        let limited = Caller {
+            models: Some(Arc::new(vec!["a".into()])),
+            collections: Some(Arc::new(vec![])),
+            ..Caller::anonymous()
+        };
+        assert!(limited.may_use_model("a") && !limited.may_use_model("b"));
+        assert!(!limited.may_use_collection("docs"));
+    }
+}

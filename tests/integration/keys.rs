@@ -1,0 +1,169 @@
+//! API keys: who may call, which models they see, and how a wrong key is answered.
+
+use serde_json::json;
+
+use crate::common::*;
+use crate::fake_upstream::{FakeUpstream, Flavor};
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Two models, and keys: `full` (both models), `narrow` (only `small`, by env reference).
+async fn setup() -> (FakeUpstream, Warden) {
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let config = format!(
+        "{}\n[[models]]\nid = \"small\"\ntargets = [{{ backend = \"b0\", model = \"llama3.2\" }}]\n\
+         [[keys]]\nname = \"full\"\nkey_sha256 = \"{}\"\ntenant = \"acme\"\n\
+         [[keys]]\nname = \"narrow\"\nkey = \"env:NARROW_KEY\"\nmodels = [\"small\"]\n",
+        config_for(&[&upstream], ""),
+        sha256_hex("sk-full-key")
+    );
+    let env = warden::config::MapEnv::default().with("NARROW_KEY", "sk-narrow-key");
+    let warden = Warden::start_with_env(&config, env).await;
+    (upstream, warden)
+}
+
+fn chat(warden: &Warden, key: Option<&str>, model: &str) -> reqwest::RequestBuilder {
+    let request = client()
+        .post(warden.url("/v1/chat/completions"))
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}));
+    match key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    }
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_key_is_a_401_in_the_openai_shape() {
+    let (upstream, warden) = setup().await;
+    for key in [None, Some("sk-wrong"), Some("")] {
+        let response = chat(&warden, key, "llama3.2").send().await.unwrap();
+        assert_eq!(response.status(), 401, "{key:?}");
+        assert!(response.headers().contains_key("x-request-id"));
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+        assert_eq!(body["error"]["type"], "authentication_error");
+    }
+    assert_eq!(upstream.calls(), 0);
+    assert_eq!(
+        warden.get("/healthz").await.status(),
+        200,
+        "health needs no key"
+    );
+}
+
+#[tokio::test]
+async fn keys_see_and_use_only_their_models() {
+    let (upstream, warden) = setup().await;
+    assert_eq!(
+        chat(&warden, Some("sk-full-key"), "llama3.2")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        chat(&warden, Some("sk-narrow-key"), "small")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let denied = chat(&warden, Some("sk-narrow-key"), "llama3.2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        denied.status(),
+        404,
+        "a model the key may not use is answered like an unknown one"
+    );
+    let body: serde_json::Value = denied.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert_eq!(upstream.calls(), 2);
+
+    let list = |key: &'static str| {
+        let url = warden.url("/v1/models");
+        async move {
+            let body: serde_json::Value = client()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list("sk-full-key").await, vec!["llama3.2", "small"]);
+    assert_eq!(list("sk-narrow-key").await, vec!["small"]);
+    let hidden = client()
+        .get(warden.url("/v1/models/llama3.2"))
+        .bearer_auth("sk-narrow-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hidden.status(), 404);
+}
+
+#[tokio::test]
+async fn non_admin_keys_cannot_use_the_admin_routes() {
+    let (_upstream, warden) = setup().await;
+    let response = client()
+        .get(warden.url("/v1/collections"))
+        .bearer_auth("sk-full-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "permission_error");
+}
+
+#[test]
+fn serving_beyond_loopback_without_keys_needs_an_explicit_choice() {
+    let text = "[server]\nlisten = \"0.0.0.0:8080\"\n[backends.b]\nkind = \"ollama\"\nbase_url = \"http://127.0.0.1:9\"\n[[models]]\nid = \"m\"\ntargets = [{ backend = \"b\", model = \"x\" }]\n";
+    let parse = |text: &str| {
+        warden::config::Config::parse(
+            text,
+            std::path::Path::new("w.toml"),
+            &warden::config::MapEnv::default(),
+        )
+    };
+    let err = parse(text).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("server.listen"));
+    assert!(err.message.contains("allow_anonymous"), "{err}");
+    let allowed = text.replace(
+        "listen = \"0.0.0.0:8080\"",
+        "listen = \"0.0.0.0:8080\"\nallow_anonymous = true",
+    );
+    assert!(parse(&allowed).is_ok());
+    let with_key = format!(
+        "{text}[[keys]]\nname = \"k\"\nkey_sha256 = \"{}\"\n",
+        sha256_hex("x")
+    );
+    assert!(parse(&with_key).is_ok());
+    let bad_hash = format!("{text}[[keys]]\nname = \"k\"\nkey_sha256 = \"abc\"\n");
+    assert_eq!(
+        parse(&bad_hash).unwrap_err().key.as_deref(),
+        Some("keys[0].key_sha256")
+    );
+    let inline = format!("{text}[[keys]]\nname = \"k\"\nkey = \"sk-inline\"\n");
+    let err = parse(&inline).unwrap_err();
+    assert_eq!(err.key.as_deref(), Some("keys[0].key"));
+    assert!(!err.to_string().contains("sk-inline"));
+}
