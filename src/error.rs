@@ -34,6 +34,8 @@ pub enum ApiError {
     #[error("Missing or invalid bearer token.")]
     Unauthorized,
     #[error("{message}")]
+    RateLimited { message: String },
+    #[error("{message}")]
     Forbidden { message: String },
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
@@ -85,6 +87,7 @@ impl ApiError {
             | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Upstream(err) => err.client_status(),
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -130,6 +133,12 @@ impl ApiError {
                 "invalid_request_error",
                 None,
                 Some("unknown_url".to_owned()),
+                self.to_string(),
+            ),
+            ApiError::RateLimited { .. } => (
+                "requests",
+                None,
+                Some("rate_limit_exceeded".to_owned()),
                 self.to_string(),
             ),
             ApiError::Unauthorized => (

@@ -31,6 +31,7 @@ pub mod guard;
 pub mod handlers;
 pub mod ingest;
 pub mod knowledge;
+pub mod limits;
 pub mod note;
 pub mod pipeline;
 pub mod relay;
@@ -55,6 +56,10 @@ pub use crate::state::AppState;
 pub fn build_app(state: AppState) -> Router {
     let body_limit = state.config.server.max_body_bytes;
     routes::routes()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::middleware,

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::embed::Embedder;
 use crate::guard::Guard;
 use crate::knowledge::Knowledge;
+use crate::limits::Limits;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -21,6 +22,7 @@ pub struct AppState {
     pub embedder: Option<Arc<Embedder>>,
     /// Retrieval and ingestion, when both `[embeddings]` and `[milvus]` are configured.
     pub knowledge: Option<Arc<Knowledge>>,
+    pub limits: Arc<Limits>,
     /// Unix seconds at start-up; the `created` of every entry of `/v1/models`.
     pub started_at: u64,
 }
@@ -80,6 +82,7 @@ impl AppState {
             _ => None,
         };
         Ok(AppState {
+            limits: Arc::new(Limits::new(&config)),
             config: Arc::new(config),
             pool: Arc::new(pool),
             guard,

@@ -35,6 +35,8 @@ pub struct Config {
     pub milvus: Option<MilvusConfig>,
     pub retrieval: RetrievalConfig,
     pub keys: Vec<KeyConfig>,
+    /// Requests in flight at once over all callers.
+    pub max_concurrent_requests: u32,
     /// The file as read plus overrides and defaults; secrets in it are references only.
     pub effective: RawConfig,
 }
@@ -60,6 +62,8 @@ pub struct KeyConfig {
     pub models: Option<Vec<String>>,
     pub collections: Option<Vec<String>>,
     pub admin: bool,
+    pub requests_per_minute: Option<u32>,
+    pub max_concurrent: Option<u32>,
 }
 
 impl std::fmt::Debug for KeyConfig {
@@ -596,8 +600,15 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
         ));
     }
 
+    if raw.limits.max_concurrent_requests == 0 {
+        return Err(error(
+            "limits.max_concurrent_requests".to_owned(),
+            "must be at least 1".to_owned(),
+        ));
+    }
     Ok(Config {
         keys,
+        max_concurrent_requests: raw.limits.max_concurrent_requests,
         source: path.to_owned(),
         guard,
         embeddings,
@@ -660,6 +671,12 @@ fn validate_keys(
                 return Err((at("models"), format!("unknown model `{model}`")));
             }
         }
+        if key.requests_per_minute == Some(0) || key.max_concurrent == Some(0) {
+            return Err((
+                at("requests_per_minute"),
+                "limits must be at least 1 (leave them out for none)".to_owned(),
+            ));
+        }
         if key.policy.is_some() && raw.guard.is_none() {
             return Err((
                 at("policy"),
@@ -674,6 +691,8 @@ fn validate_keys(
             models: key.models.clone(),
             collections: key.collections.clone(),
             admin: key.admin,
+            requests_per_minute: key.requests_per_minute,
+            max_concurrent: key.max_concurrent,
         });
     }
     Ok(keys)

@@ -25,6 +25,25 @@ pub struct RawConfig {
     pub retrieval: RawRetrieval,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<RawKey>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[limits]`: what this replica takes at once, whoever calls.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Requests in flight at once over all callers; past it, 503 with `Retry-After` at once
+    /// (never a queue).
+    pub max_concurrent_requests: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_concurrent_requests: 4096,
+        }
+    }
 }
 
 /// `[[keys]]`: a caller. The key itself is never in the file: its SHA-256 (`warden keys hash`)
@@ -51,6 +70,12 @@ pub struct RawKey {
     /// May use the knowledge-base admin routes.
     #[serde(default)]
     pub admin: bool,
+    /// Requests per minute (a steady rate, bursts up to the same number); absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    /// Requests of this key in flight at once; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
 }
 
 fn default_tenant() -> String {

@@ -167,3 +167,106 @@ fn serving_beyond_loopback_without_keys_needs_an_explicit_choice() {
     assert_eq!(err.key.as_deref(), Some("keys[0].key"));
     assert!(!err.to_string().contains("sk-inline"));
 }
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_with_openai_headers() {
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let config = format!(
+        "{}\n[[keys]]\nname = \"limited\"\nkey_sha256 = \"{}\"\nrequests_per_minute = 3\n",
+        config_for(&[&upstream], ""),
+        sha256_hex("sk-limited")
+    );
+    let warden = Warden::start(&config).await;
+    for expected_remaining in ["2", "1", "0"] {
+        let response = chat(&warden, Some("sk-limited"), "llama3.2")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-ratelimit-limit-requests"], "3");
+        assert_eq!(
+            response.headers()["x-ratelimit-remaining-requests"],
+            expected_remaining
+        );
+        assert!(
+            response
+                .headers()
+                .contains_key("x-ratelimit-reset-requests")
+        );
+    }
+    let limited = chat(&warden, Some("sk-limited"), "llama3.2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429);
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=20).contains(&retry_after),
+        "one request comes back every 20 s: {retry_after}"
+    );
+    assert_eq!(limited.headers()["x-ratelimit-remaining-requests"], "0");
+    let body: serde_json::Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(upstream.calls(), 3);
+}
+
+#[tokio::test]
+async fn streams_count_as_in_flight_until_they_end() {
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    upstream.script(|s| s.frame_delay = std::time::Duration::from_millis(100));
+    let config = format!(
+        "{}\n[[keys]]\nname = \"one\"\nkey_sha256 = \"{}\"\nmax_concurrent = 1\n[limits]\nmax_concurrent_requests = 2\n",
+        config_for(&[&upstream], ""),
+        sha256_hex("sk-one")
+    );
+    let warden = Warden::start(&config).await;
+    let stream = |key: &str| {
+        client()
+            .post(warden.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&chat_body(true))
+            .send()
+    };
+    let first = stream("sk-one").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let second = stream("sk-one").await.unwrap();
+    assert_eq!(
+        second.status(),
+        429,
+        "the key's one slot is taken by the running stream"
+    );
+    let text = first.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let third = stream("sk-one").await.unwrap();
+    assert_eq!(
+        third.status(),
+        200,
+        "the slot came back when the stream ended"
+    );
+    drop(third);
+}
+
+#[tokio::test]
+async fn past_the_replica_limit_requests_get_503_at_once() {
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    upstream.script(|s| s.frame_delay = std::time::Duration::from_millis(100));
+    let warden = Warden::start(&config_for(&[&upstream], "").replace(
+        "[server]",
+        "[limits]\nmax_concurrent_requests = 1\n[server]",
+    ))
+    .await;
+    let first = warden.post("/v1/chat/completions", chat_body(true)).await;
+    assert_eq!(first.status(), 200);
+    let second = warden.post("/v1/chat/completions", chat_body(false)).await;
+    // Had it been queued, it would have waited for the stream and answered 200.
+    assert_eq!(second.status(), 503);
+    assert_eq!(second.headers()["retry-after"], "1");
+    let body: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "server_overloaded");
+    drop(first);
+}

@@ -1,0 +1,197 @@
+//! Rate limits: per key, requests per minute (GCRA, through `governor`) and requests in flight;
+//! over all callers, requests in flight. Past a key's limit: 429 with `Retry-After` and OpenAI's
+//! `x-ratelimit-*` headers; past the replica's: 503 with `Retry-After`, at once, never a queue.
+//! Counters live in this process: behind a load balancer each replica counts its own share.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter, clock::DefaultClock, state::InMemoryState, state::NotKeyed};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::Caller;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+struct KeyLimits {
+    per_minute: Option<(u32, Limiter)>,
+    in_flight: Option<Arc<Semaphore>>,
+}
+
+pub struct Limits {
+    keys: HashMap<String, KeyLimits>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Limits {
+    pub fn new(config: &Config) -> Limits {
+        let keys = config
+            .keys
+            .iter()
+            .map(|key| {
+                let per_minute = key.requests_per_minute.and_then(NonZeroU32::new).map(|n| {
+                    let limiter = RateLimiter::direct(Quota::per_minute(n))
+                        .with_middleware::<StateInformationMiddleware>();
+                    (n.get(), limiter)
+                });
+                let in_flight = key
+                    .max_concurrent
+                    .map(|n| Arc::new(Semaphore::new(n as usize)));
+                (
+                    key.name.clone(),
+                    KeyLimits {
+                        per_minute,
+                        in_flight,
+                    },
+                )
+            })
+            .collect();
+        Limits {
+            keys,
+            in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests as usize)),
+        }
+    }
+}
+
+/// OpenAI writes durations like `6m0s`, `1s`, `120ms`.
+fn openai_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let seconds = duration.as_secs_f64().ceil() as u64;
+    if seconds < 60 {
+        format!("{seconds}s")
+    } else {
+        format!("{}m{}s", seconds / 60, seconds % 60)
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(name, value);
+    }
+}
+
+pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limits = &state.limits;
+    let Ok(global) = limits.in_flight.clone().try_acquire_owned() else {
+        let mut response = ApiError::Unavailable {
+            message: "Warden is at its limit of requests in flight; retry shortly".to_owned(),
+            code: "server_overloaded",
+        }
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let mut permits: Vec<OwnedSemaphorePermit> = vec![global];
+    let caller = request.extensions().get::<Caller>().cloned();
+    let key_limits = caller.as_ref().and_then(|c| limits.keys.get(&c.name));
+    let mut rate_headers = HeaderMap::new();
+    if let Some(key) = key_limits {
+        if let Some((limit, limiter)) = &key.per_minute {
+            let per_cell = Duration::from_secs(60) / *limit;
+            set(
+                &mut rate_headers,
+                "x-ratelimit-limit-requests",
+                limit.to_string(),
+            );
+            match limiter.check() {
+                Ok(snapshot) => {
+                    let remaining = snapshot.remaining_burst_capacity();
+                    set(
+                        &mut rate_headers,
+                        "x-ratelimit-remaining-requests",
+                        remaining.to_string(),
+                    );
+                    set(
+                        &mut rate_headers,
+                        "x-ratelimit-reset-requests",
+                        openai_duration(per_cell * (limit - remaining)),
+                    );
+                }
+                Err(not_until) => {
+                    let wait = not_until
+                        .wait_time_from(governor::clock::Clock::now(&DefaultClock::default()));
+                    let mut response = ApiError::RateLimited {
+                        message: format!("Rate limit reached: {limit} requests per minute for this key. Retry in {}.", openai_duration(wait)),
+                    }
+                    .into_response();
+                    let headers = response.headers_mut();
+                    headers.extend(rate_headers);
+                    set(headers, "x-ratelimit-remaining-requests", "0".to_owned());
+                    set(
+                        headers,
+                        "x-ratelimit-reset-requests",
+                        openai_duration(per_cell * *limit),
+                    );
+                    set(
+                        headers,
+                        "retry-after",
+                        wait.as_secs_f64().ceil().max(1.0).to_string(),
+                    );
+                    return response;
+                }
+            }
+        }
+        if let Some(in_flight) = &key.in_flight {
+            match in_flight.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => {
+                    let mut response = ApiError::RateLimited {
+                        message:
+                            "Too many requests in flight for this key; retry when one has finished."
+                                .to_owned(),
+                    }
+                    .into_response();
+                    response.headers_mut().extend(rate_headers);
+                    set(response.headers_mut(), "retry-after", "1".to_owned());
+                    return response;
+                }
+            }
+        }
+    }
+    let mut response = next.run(request).await;
+    response.headers_mut().extend(rate_headers);
+    let streaming = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streaming {
+        // The body is complete in memory: the request is done.
+        return response;
+    }
+    // A stream counts as in flight for as long as it runs: the permits go with its body and
+    // are released when it ends or the client goes away.
+    let (parts, body) = response.into_parts();
+    let body = Body::from_stream(body.into_data_stream().map(move |chunk| {
+        let _held = &permits;
+        chunk
+    }));
+    Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_written_as_openai_does() {
+        assert_eq!(openai_duration(Duration::from_millis(120)), "120ms");
+        assert_eq!(openai_duration(Duration::from_millis(5200)), "6s");
+        assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
+    }
+}
