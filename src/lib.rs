@@ -32,6 +32,7 @@ pub mod handlers;
 pub mod ingest;
 pub mod knowledge;
 pub mod limits;
+pub mod metrics;
 pub mod note;
 pub mod pipeline;
 pub mod relay;
@@ -59,6 +60,10 @@ pub fn build_app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::middleware,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

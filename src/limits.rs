@@ -87,6 +87,7 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
 pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let limits = &state.limits;
     let Ok(global) = limits.in_flight.clone().try_acquire_owned() else {
+        state.metrics.rate_limited("-", "replica_in_flight");
         let mut response = ApiError::Unavailable {
             message: "Warden is at its limit of requests in flight; retry shortly".to_owned(),
             code: "server_overloaded",
@@ -124,6 +125,10 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
                     );
                 }
                 Err(not_until) => {
+                    state.metrics.rate_limited(
+                        caller.as_ref().map_or("-", |c| c.name.as_str()),
+                        "requests_per_minute",
+                    );
                     let wait = not_until
                         .wait_time_from(governor::clock::Clock::now(&DefaultClock::default()));
                     let mut response = ApiError::RateLimited {
@@ -151,6 +156,10 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
             match in_flight.clone().try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => {
+                    state.metrics.rate_limited(
+                        caller.as_ref().map_or("-", |c| c.name.as_str()),
+                        "key_in_flight",
+                    );
                     let mut response = ApiError::RateLimited {
                         message:
                             "Too many requests in flight for this key; retry when one has finished."

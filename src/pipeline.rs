@@ -25,6 +25,7 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -56,6 +57,7 @@ pub async fn chat(
             model: request.model.clone(),
         })?;
     let request_id = request_id::current();
+    let request_started = Instant::now();
     let identity = StreamIdentity::new(&route.id);
     let include_usage = request.wants_usage_chunk();
     let guarded = match &state.guard {
@@ -74,7 +76,9 @@ pub async fn chat(
 
     // 3. pre-dispatch checks: the input guard and retrieval, at the same time
     let mut note = Note::default();
+    let metrics = &state.metrics;
     let input_check = async {
+        let started = Instant::now();
         let Some((guard, policy)) = &guarded else {
             return Ok(None);
         };
@@ -92,15 +96,20 @@ pub async fn chat(
                 Some((*field).to_owned()),
             ));
         }
-        Ok(Some(guard.check_input(policy, &request, &request_id).await))
+        let judgement = guard.check_input(policy, &request, &request_id).await;
+        metrics.stage("guard_input", started.elapsed());
+        Ok(Some(judgement))
     };
     let search = async {
         match (&plan, &state.knowledge) {
-            (Some(plan), Some(knowledge)) => Some(
-                knowledge
+            (Some(plan), Some(knowledge)) => {
+                let started = Instant::now();
+                let found = knowledge
                     .search(&plan.collection, &caller.tenant, &plan.query, plan.top_k)
-                    .await,
-            ),
+                    .await;
+                metrics.stage("retrieval", started.elapsed());
+                Some(found)
+            }
             _ => None,
         }
     };
@@ -121,6 +130,7 @@ pub async fn chat(
             &categories,
             judgement.failure.as_deref(),
         );
+        metrics.guard_verdict(&policy.name, "input", decision.label(), &categories);
         if let Some(guard_note) = note.guard.as_mut() {
             guard_note.input = Some((decision, categories));
         }
@@ -148,6 +158,7 @@ pub async fn chat(
             &request_id,
         )
         .await?;
+        metrics.retrieval_sources(&plan.collection, retrieval_note.sources.len());
         note.retrieval = Some(retrieval_note);
     }
     let moderator = guarded.as_ref().and_then(|(guard, policy)| {
@@ -163,7 +174,13 @@ pub async fn chat(
 
     // 4. dispatch, and 5. relay
     if request.is_stream() {
-        let started = state.pool.stream(&route, request, &request_id).await?;
+        let dispatched = Instant::now();
+        let started = state
+            .pool
+            .stream(&route, request, &request_id)
+            .await
+            .inspect_err(|err| metrics.upstream_error(err.backend(), err.kind()))?;
+        metrics.stage("upstream_first_chunk", dispatched.elapsed());
         tracing::debug!(backend = %started.backend, "stream started");
         let mut headers = axum::http::HeaderMap::new();
         note.headers(&mut headers);
@@ -176,12 +193,20 @@ pub async fn chat(
                 keep_alive: state.config.server.sse_keep_alive,
                 moderator,
                 note: (!note.is_empty()).then_some(note),
+                metrics: state.metrics.clone(),
+                started: request_started,
             },
         );
         response.headers_mut().extend(headers);
         Ok(response)
     } else {
-        let (mut completion, backend) = state.pool.complete(&route, request, &request_id).await?;
+        let dispatched = Instant::now();
+        let (mut completion, backend) = state
+            .pool
+            .complete(&route, request, &request_id)
+            .await
+            .inspect_err(|err| metrics.upstream_error(err.backend(), err.kind()))?;
+        metrics.stage("upstream_complete", dispatched.elapsed());
         tracing::debug!(%backend, "completion received");
         completion.id = identity.id;
         completion.created = identity.created;
@@ -198,8 +223,16 @@ pub async fn chat(
                     ));
                 }
             }
+            let checked = Instant::now();
             let decision = moderator.check_rest().await;
+            metrics.stage("guard_output", checked.elapsed());
             let categories = moderator.judgement.categories();
+            metrics.guard_verdict(
+                &moderator.policy.name,
+                "output",
+                decision.label(),
+                &categories,
+            );
             note.set_output(decision, categories);
             match decision {
                 Decision::Unavailable => return Err(guard_unavailable()),

@@ -29,8 +29,11 @@ use crate::error::ApiError;
 use crate::guard::Decision;
 use crate::guard::output::{CheckFuture, OutputModerator};
 use crate::guard::policy::StreamMode;
+use crate::metrics::{Metrics, StreamGauge};
 use crate::note::Note;
 use crate::types::{ChatChunk, ChunkChoice, Delta, Usage, chunk_object};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// The id, creation time and model name shared by every chunk of one response.
 #[derive(Debug, Clone)]
@@ -48,6 +51,9 @@ pub struct RelayOptions {
     pub moderator: Option<OutputModerator>,
     /// The `warden` object: all of it on the first chunk, the guard's verdicts on the last.
     pub note: Option<Note>,
+    pub metrics: Arc<Metrics>,
+    /// When the request arrived, for the time to first token.
+    pub started: Instant,
 }
 
 pub fn sse(started: StartedStream, options: RelayOptions) -> Response {
@@ -148,6 +154,10 @@ struct Relay {
     request_id: String,
     note: Option<Note>,
     first_sent: bool,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    /// Counts the stream as in flight until the relay is dropped.
+    _gauge: StreamGauge,
     moderation: Option<Moderation>,
     done: bool,
 }
@@ -178,6 +188,9 @@ pub fn events(
         request_id: options.request_id,
         note: options.note,
         first_sent: false,
+        _gauge: options.metrics.stream_started(),
+        metrics: options.metrics,
+        started: options.started,
         moderation,
         done: false,
     };
@@ -230,6 +243,7 @@ impl Relay {
             Next::Upstream(Some(Ok(chunk))) => self.on_chunk(chunk).await,
             Next::Upstream(Some(Err(err))) => {
                 self.done = true;
+                self.metrics.upstream_error(err.backend(), err.kind());
                 tracing::warn!(request_id = %self.request_id, error = %err, "stream failed after it began");
                 // Held text was never judged: it is dropped with the stream.
                 let body = ApiError::Upstream(err).body(&self.request_id);
@@ -304,6 +318,12 @@ impl Relay {
                 return self.cut(decision);
             }
             let categories = moderation.moderator.judgement.categories();
+            self.metrics.guard_verdict(
+                &moderation.moderator.policy.name,
+                "output",
+                decision.label(),
+                &categories,
+            );
             if let Some(note) = self.note.as_mut() {
                 note.set_output(decision, categories);
             }
@@ -343,6 +363,8 @@ impl Relay {
     fn emit(&mut self, mut chunk: ChatChunk) -> Event {
         if !self.first_sent {
             self.first_sent = true;
+            self.metrics
+                .first_token(&self.identity.model, self.started.elapsed());
             if let Some(note) = &self.note
                 && !chunk.extra.contains_key("warden")
             {
@@ -364,6 +386,12 @@ impl Relay {
         if let Some(moderation) = self.moderation.as_mut() {
             moderation.held.clear();
             moderation.check = None;
+            self.metrics.guard_verdict(
+                &moderation.moderator.policy.name,
+                "output",
+                decision.label(),
+                &categories,
+            );
         }
         // Dropping the upstream stream closes its connection: generation stops.
         self.upstream = futures_util::stream::empty().boxed();

@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models/{*id}", get(models::retrieve))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::handler))
         .fallback(fallback::not_found)
         .method_not_allowed_fallback(fallback::method_not_allowed)
 }

@@ -10,6 +10,7 @@ use crate::embed::Embedder;
 use crate::guard::Guard;
 use crate::knowledge::Knowledge;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -23,6 +24,7 @@ pub struct AppState {
     /// Retrieval and ingestion, when both `[embeddings]` and `[milvus]` are configured.
     pub knowledge: Option<Arc<Knowledge>>,
     pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
     /// Unix seconds at start-up; the `created` of every entry of `/v1/models`.
     pub started_at: u64,
 }
@@ -83,6 +85,7 @@ impl AppState {
         };
         Ok(AppState {
             limits: Arc::new(Limits::new(&config)),
+            metrics: Arc::new(Metrics::default()),
             config: Arc::new(config),
             pool: Arc::new(pool),
             guard,

@@ -172,6 +172,19 @@ impl UpstreamError {
         }
     }
 
+    /// A short name of the kind of failure, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Status { .. } => "status",
+            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::Generation { .. } => "generation",
+            UpstreamError::Broken { .. } => "broken",
+            UpstreamError::Unsupported { .. } => "unsupported",
+        }
+    }
+
     /// Whether another backend may succeed where this one failed before sending anything.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -1,10 +1,11 @@
 use axum::Extension;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::metrics::ModelLabel;
 use crate::pipeline;
 use crate::state::AppState;
 use crate::types::ChatRequest;
@@ -14,5 +15,15 @@ pub async fn completions(
     Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    pipeline::chat(state, caller, request).await
+    // Known model ids only: a label per made-up name would grow without bound.
+    let model = match state.pool.route(&request.model) {
+        Some(route) => route.id.clone(),
+        None => "unknown".to_owned(),
+    };
+    let mut response = match pipeline::chat(state, caller, request).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    };
+    response.extensions_mut().insert(ModelLabel(model));
+    Ok(response)
 }

@@ -22,6 +22,7 @@ mod guard;
 mod health;
 mod keys;
 mod llama;
+mod metrics;
 mod outage;
 mod retrieval;
 mod sdk;
