@@ -132,7 +132,7 @@ pub async fn middleware(
         .map(str::trim);
     match authenticate(&state, bearer) {
         Ok(caller) => {
-            tracing::Span::current().record("key", caller.name.as_str());
+            tracing::Span::current().record("key", tracing::field::display(&caller.name));
             request.extensions_mut().insert(caller);
             next.run(request).await
         }

@@ -20,6 +20,7 @@
 //! [`build_app`] wraps the routes in, from the outside in: the request-id middleware (id,
 //! span, access log), the body limit (413 past `server.max_body_bytes`), and the state.
 
+pub mod audit;
 pub mod auth;
 pub mod backends;
 pub mod cli;

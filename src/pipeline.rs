@@ -71,6 +71,13 @@ pub async fn chat(
             Some((guard.clone(), policy))
         }
     };
+    let audit = state.audit.as_ref().map(|audit| crate::audit::Context {
+        audit: audit.clone(),
+        request_id: request_id.clone(),
+        key: caller.name.clone(),
+        tenant: caller.tenant.clone(),
+        model: route.id.clone(),
+    });
     let options = request.warden.take().unwrap_or_default();
     let plan = retrieval::plan(&state, &caller, &route, &options, &request)?;
 
@@ -131,6 +138,14 @@ pub async fn chat(
             judgement.failure.as_deref(),
         );
         metrics.guard_verdict(&policy.name, "input", decision.label(), &categories);
+        if let Some(audit) = &audit {
+            let content = crate::guard::request_turns(&request)
+                .into_iter()
+                .map(|t| t.text)
+                .collect::<Vec<_>>()
+                .join("\n\n");
+            audit.record(&policy.name, "input", decision, &categories, Some(&content));
+        }
         if let Some(guard_note) = note.guard.as_mut() {
             guard_note.input = Some((decision, categories));
         }
@@ -194,6 +209,7 @@ pub async fn chat(
                 moderator,
                 note: (!note.is_empty()).then_some(note),
                 metrics: state.metrics.clone(),
+                audit,
                 started: request_started,
             },
         );
@@ -233,6 +249,20 @@ pub async fn chat(
                 decision.label(),
                 &categories,
             );
+            if let Some(audit) = &audit {
+                let content = completion
+                    .choices
+                    .first()
+                    .and_then(|c| c.message.content.clone())
+                    .unwrap_or_default();
+                audit.record(
+                    &moderator.policy.name,
+                    "output",
+                    decision,
+                    &categories,
+                    Some(&content),
+                );
+            }
             note.set_output(decision, categories);
             match decision {
                 Decision::Unavailable => return Err(guard_unavailable()),

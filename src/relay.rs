@@ -54,6 +54,7 @@ pub struct RelayOptions {
     pub metrics: Arc<Metrics>,
     /// When the request arrived, for the time to first token.
     pub started: Instant,
+    pub audit: Option<crate::audit::Context>,
 }
 
 pub fn sse(started: StartedStream, options: RelayOptions) -> Response {
@@ -156,6 +157,7 @@ struct Relay {
     first_sent: bool,
     metrics: Arc<Metrics>,
     started: Instant,
+    audit: Option<crate::audit::Context>,
     /// Counts the stream as in flight until the relay is dropped.
     _gauge: StreamGauge,
     moderation: Option<Moderation>,
@@ -191,6 +193,7 @@ pub fn events(
         _gauge: options.metrics.stream_started(),
         metrics: options.metrics,
         started: options.started,
+        audit: options.audit,
         moderation,
         done: false,
     };
@@ -324,6 +327,15 @@ impl Relay {
                 decision.label(),
                 &categories,
             );
+            if let Some(audit) = &self.audit {
+                audit.record(
+                    &moderation.moderator.policy.name,
+                    "output",
+                    decision,
+                    &categories,
+                    Some(moderation.moderator.text()),
+                );
+            }
             if let Some(note) = self.note.as_mut() {
                 note.set_output(decision, categories);
             }
@@ -392,6 +404,15 @@ impl Relay {
                 decision.label(),
                 &categories,
             );
+            if let Some(audit) = &self.audit {
+                audit.record(
+                    &moderation.moderator.policy.name,
+                    "output",
+                    decision,
+                    &categories,
+                    Some(moderation.moderator.text()),
+                );
+            }
         }
         // Dropping the upstream stream closes its connection: generation stops.
         self.upstream = futures_util::stream::empty().boxed();

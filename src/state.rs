@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::audit::Audit;
 use crate::backends::pool::Pool;
 use crate::config::Config;
 use crate::embed::Embedder;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub knowledge: Option<Arc<Knowledge>>,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
+    /// Every block and flag, when `[audit]` is configured.
+    pub audit: Option<Arc<Audit>>,
     /// Unix seconds at start-up; the `created` of every entry of `/v1/models`.
     pub started_at: u64,
 }
@@ -83,9 +86,17 @@ impl AppState {
             ))),
             _ => None,
         };
+        let audit = match &config.audit {
+            None => None,
+            Some((path, include_content)) => Some(Arc::new(
+                Audit::open(path, *include_content)
+                    .map_err(|e| format!("audit.path: cannot open {}: {e}", path.display()))?,
+            )),
+        };
         Ok(AppState {
             limits: Arc::new(Limits::new(&config)),
             metrics: Arc::new(Metrics::default()),
+            audit,
             config: Arc::new(config),
             pool: Arc::new(pool),
             guard,

@@ -37,6 +37,8 @@ pub struct Config {
     pub keys: Vec<KeyConfig>,
     /// Requests in flight at once over all callers.
     pub max_concurrent_requests: u32,
+    /// The audit log file and whether it holds content.
+    pub audit: Option<(PathBuf, bool)>,
     /// The file as read plus overrides and defaults; secrets in it are references only.
     pub effective: RawConfig,
 }
@@ -609,6 +611,10 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
     Ok(Config {
         keys,
         max_concurrent_requests: raw.limits.max_concurrent_requests,
+        audit: raw
+            .audit
+            .as_ref()
+            .map(|a| (PathBuf::from(&a.path), a.include_content)),
         source: path.to_owned(),
         guard,
         embeddings,

@@ -27,6 +27,18 @@ pub struct RawConfig {
     pub keys: Vec<RawKey>,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<RawAudit>,
+}
+
+/// `[audit]`: a JSON-lines file with every guard block and flag.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub path: String,
+    /// Write the judged text too (off: only who, when, which policy and categories).
+    #[serde(default)]
+    pub include_content: bool,
 }
 
 /// `[limits]`: what this replica takes at once, whoever calls.

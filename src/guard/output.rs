@@ -72,6 +72,11 @@ impl OutputModerator {
         self.unjudged_chars += text.chars().count();
     }
 
+    /// Everything the model said so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     pub fn window_ready(&self) -> bool {
         self.unjudged_chars >= self.policy.window_chars
     }

@@ -300,3 +300,104 @@ fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Str
         }
     }
 }
+
+#[tokio::test]
+async fn logs_hold_no_key_or_content_and_the_audit_log_records_blocks() {
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    upstream.guard(|g| {
+        g.rules.push((
+            "hotwire".to_owned(),
+            "unsafe\n{Non-Violent Crimes}".to_owned(),
+        ))
+    });
+    let dir = policy_dir("audit", &[("default", &test_policy("", 1000, "buffered"))]);
+    let audit = dir.join("audit.jsonl");
+    let config = format!(
+        "{}\n[guard]\nbackend = \"b0\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n\
+         [[keys]]\nname = \"bot\"\nkey = \"env:AUDIT_TEST_KEY\"\ntenant = \"acme\"\n\
+         [audit]\npath = \"{}\"\n",
+        config_for(&[&upstream], ""),
+        dir.display(),
+        audit.display()
+    );
+    let path = temp_config("audit", &config);
+    let mut child = warden()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "debug")
+        .env("AUDIT_TEST_KEY", "sk-SECRET-XYZ-123")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = wait_for_line(&rx, "listening on http://");
+    let address = line[line.find("listening on http://").unwrap() + "listening on http://".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    for text in [
+        "PURPLE-ELEPHANT-42: how to hotwire a car",
+        "PURPLE-ELEPHANT-42: hello there",
+    ] {
+        let response = client()
+            .post(format!("http://{address}/v1/chat/completions"))
+            .bearer_auth("sk-SECRET-XYZ-123")
+            .json(&serde_json::json!({"model": "llama3.2", "messages": [{"role": "user", "content": text}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    // The reader thread ends with the process's stderr: every line is in.
+    let logs: Vec<String> = tokio::task::spawn_blocking(move || rx.iter().collect())
+        .await
+        .unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("key=bot") || l.contains("\"key\":\"bot\"")),
+        "the key's name is logged: {}",
+        logs.join("\n")
+    );
+    for line in &logs {
+        assert!(
+            !line.contains("sk-SECRET-XYZ-123"),
+            "a key in the logs: {line}"
+        );
+        assert!(
+            !line.contains("PURPLE-ELEPHANT"),
+            "message content in the logs: {line}"
+        );
+    }
+    let entries: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        entries.len(),
+        1,
+        "one block, and nothing for the safe request: {entries:?}"
+    );
+    let entry = &entries[0];
+    assert_eq!(entry["verdict"], "blocked");
+    assert_eq!(entry["key"], "bot");
+    assert_eq!(entry["tenant"], "acme");
+    assert_eq!(entry["turn"], "input");
+    assert_eq!(entry["categories"], serde_json::json!(["S2"]));
+    assert!(
+        entry.get("content").is_none(),
+        "no content unless the config asks for it"
+    );
+    assert!(entry["request_id"].as_str().unwrap().starts_with("req_"));
+}
