@@ -207,6 +207,11 @@ impl Knowledge {
             }
             progress(i + 1, total, &name);
         }
+        if report.documents > 0
+            && let Err(error) = self.store.flush(collection).await
+        {
+            tracing::warn!(%error, collection, "flush after ingestion failed; searches stay correct, only slower");
+        }
         report.seconds = started.elapsed().as_secs_f64();
         report
     }

@@ -431,6 +431,18 @@ impl Store {
             .map_err(failed)
     }
 
+    /// Seals what was inserted into indexed segments. Milvus Lite scans unsealed rows one by one
+    /// on every search (the benchmark saw searches ~7× faster after a flush), so a bulk
+    /// ingestion ends with one; single documents are left to the server's own schedule.
+    pub async fn flush(&self, collection: &str) -> Result<(), StoreError> {
+        let request = FlushRequest::builder()
+            .collection_names([collection])
+            .build()
+            .map_err(failed)?;
+        self.limit(self.client().await?.flush(request)).await?;
+        Ok(())
+    }
+
     /// Removes every chunk of a document of a tenant.
     pub async fn delete_document(
         &self,

@@ -739,3 +739,19 @@ async fn a_tenant_never_receives_another_tenants_chunks() {
     let kb = knowledge().await;
     kb.store.drop_collection(&collection).await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs the embedding model; `make test` runs it"]
+async fn asking_for_cuda_where_it_cannot_load_is_a_start_up_error() {
+    // The CPU build of ONNX Runtime has no CUDA provider: never a silent fall-back to the CPU.
+    let text = format!(
+        "[backends.b]\nkind = \"ollama\"\nbase_url = \"http://127.0.0.1:9\"\n[[models]]\nid = \"m\"\ntargets = [{{ backend = \"b\", model = \"x\" }}]\n[embeddings]\nmodel_dir = \"{}\"\ndevice = \"cuda\"\n",
+        model_dir()
+    );
+    let config = Config::parse(&text, std::path::Path::new("t.toml"), &MapEnv::default()).unwrap();
+    let err = match warden::AppState::new(config) {
+        Ok(_) => panic!("CUDA was asked for and could not be used, yet start-up went on"),
+        Err(err) => err,
+    };
+    assert!(err.to_lowercase().contains("cuda"), "{err}");
+}
