@@ -299,6 +299,27 @@ impl Envelope {
     }
 }
 
+/// Sends a request to a backend with its key (when it has one); a failure to send and a
+/// non-2xx answer both become the matching [`UpstreamError`].
+pub async fn send(
+    backend: &str,
+    builder: reqwest::RequestBuilder,
+    api_key: Option<&crate::config::Secret>,
+) -> Result<reqwest::Response, UpstreamError> {
+    let builder = match api_key {
+        Some(key) => builder.bearer_auth(key.expose()),
+        None => builder,
+    };
+    let response = builder
+        .send()
+        .await
+        .map_err(|err| send_error(backend, &err))?;
+    if !response.status().is_success() {
+        return Err(status_error(backend, response).await);
+    }
+    Ok(response)
+}
+
 /// Turns a reqwest error from sending a request into the matching [`UpstreamError`].
 pub fn send_error(backend: &str, err: &reqwest::Error) -> UpstreamError {
     if err.is_timeout() {

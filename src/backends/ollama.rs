@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::ndjson::{self, LineError};
-use super::{ChunkStream, UpstreamError, UpstreamRequest, error_chain, send_error, status_error};
+use super::{ChunkStream, UpstreamError, UpstreamRequest, error_chain, send, send_error};
 use crate::config::{BackendConfig, Secret};
 use crate::request_id;
 use crate::types::{
@@ -125,21 +125,12 @@ impl OllamaBackend {
         stream: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
         let body = to_ollama(&self.name, &request.body, stream)?;
-        let mut builder = self
+        let builder = self
             .client
             .post(&self.chat_url)
             .header(request_id::HEADER, &request.request_id)
             .json(&body);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key.expose());
-        }
-        let response = builder
-            .send()
-            .await
-            .map_err(|err| send_error(&self.name, &err))?;
-        if !response.status().is_success() {
-            return Err(status_error(&self.name, response).await);
-        }
+        let response = send(&self.name, builder, self.api_key.as_ref()).await?;
         Ok(response)
     }
 
@@ -236,21 +227,12 @@ impl OllamaBackend {
             "stream": false,
             "options": {"temperature": 0, "num_predict": max_tokens},
         });
-        let mut builder = self
+        let builder = self
             .client
             .post(&self.generate_url)
             .header(request_id::HEADER, request_id)
             .json(&body);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key.expose());
-        }
-        let response = builder
-            .send()
-            .await
-            .map_err(|err| send_error(&self.name, &err))?;
-        if !response.status().is_success() {
-            return Err(status_error(&self.name, response).await);
-        }
+        let response = send(&self.name, builder, self.api_key.as_ref()).await?;
         let value: Value = response
             .json()
             .await
@@ -269,17 +251,8 @@ impl OllamaBackend {
     }
 
     pub async fn probe(&self, timeout: Duration) -> Result<Vec<String>, UpstreamError> {
-        let mut builder = self.client.get(&self.tags_url).timeout(timeout);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key.expose());
-        }
-        let response = builder
-            .send()
-            .await
-            .map_err(|err| send_error(&self.name, &err))?;
-        if !response.status().is_success() {
-            return Err(status_error(&self.name, response).await);
-        }
+        let builder = self.client.get(&self.tags_url).timeout(timeout);
+        let response = send(&self.name, builder, self.api_key.as_ref()).await?;
         let tags: Value = response
             .json()
             .await

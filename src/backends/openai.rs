@@ -5,7 +5,7 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use std::time::Duration;
 
-use super::{ChunkStream, UpstreamError, UpstreamRequest, error_chain, send_error, status_error};
+use super::{ChunkStream, UpstreamError, UpstreamRequest, error_chain, send, send_error};
 use crate::config::{BackendConfig, Secret};
 use crate::request_id;
 use crate::types::{ChatChunk, ChatCompletion};
@@ -35,21 +35,12 @@ impl OpenAiBackend {
 
     /// Sends the body as the pool prepared it (`stream`, `stream_options` already set).
     async fn send(&self, request: &UpstreamRequest) -> Result<reqwest::Response, UpstreamError> {
-        let mut builder = self
+        let builder = self
             .client
             .post(&self.chat_url)
             .header(request_id::HEADER, &request.request_id)
             .json(&request.body);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key.expose());
-        }
-        let response = builder
-            .send()
-            .await
-            .map_err(|err| send_error(&self.name, &err))?;
-        if !response.status().is_success() {
-            return Err(status_error(&self.name, response).await);
-        }
+        let response = send(&self.name, builder, self.api_key.as_ref()).await?;
         Ok(response)
     }
 
@@ -123,21 +114,12 @@ impl OpenAiBackend {
             "temperature": 0,
             "stream": false,
         });
-        let mut builder = self
+        let builder = self
             .client
             .post(&self.completions_url)
             .header(request_id::HEADER, request_id)
             .json(&body);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key.expose());
-        }
-        let response = builder
-            .send()
-            .await
-            .map_err(|err| send_error(&self.name, &err))?;
-        if !response.status().is_success() {
-            return Err(status_error(&self.name, response).await);
-        }
+        let response = send(&self.name, builder, self.api_key.as_ref()).await?;
         let value: serde_json::Value =
             response
                 .json()
@@ -156,17 +138,8 @@ impl OpenAiBackend {
     }
 
     pub async fn probe(&self, timeout: Duration) -> Result<Vec<String>, UpstreamError> {
-        let mut builder = self.client.get(&self.models_url).timeout(timeout);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key.expose());
-        }
-        let response = builder
-            .send()
-            .await
-            .map_err(|err| send_error(&self.name, &err))?;
-        if !response.status().is_success() {
-            return Err(status_error(&self.name, response).await);
-        }
+        let builder = self.client.get(&self.models_url).timeout(timeout);
+        let response = send(&self.name, builder, self.api_key.as_ref()).await?;
         let list: serde_json::Value =
             response
                 .json()
