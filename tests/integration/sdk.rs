@@ -60,3 +60,52 @@ async fn the_openai_python_sdk_works_against_warden() {
     );
     assert!(stdout.contains("passed"), "{stdout}");
 }
+
+#[tokio::test]
+#[ignore = "needs the Python venv with the openai SDK (OPENAI_SDK_PYTHON); `make test` runs it"]
+async fn the_openai_python_sdk_raises_access_errors() {
+    use sha2::Digest;
+    let hex = |t: &str| {
+        sha2::Sha256::digest(t.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let python = std::env::var("OPENAI_SDK_PYTHON")
+        .expect("OPENAI_SDK_PYTHON must point at the venv's python");
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let config = format!(
+        "{}\n[[models]]\nid = \"small\"\ntargets = [{{ backend = \"b0\", model = \"llama3.2\" }}]\n\
+         [[keys]]\nname = \"narrow\"\nkey_sha256 = \"{}\"\nmodels = [\"small\"]\n\
+         [[keys]]\nname = \"limited\"\nkey_sha256 = \"{}\"\nrequests_per_minute = 2\n\
+         [[keys]]\nname = \"admin\"\nkey_sha256 = \"{}\"\nadmin = true\n",
+        config_for(&[&upstream], ""),
+        hex("sk-narrow"),
+        hex("sk-limited"),
+        hex("sk-admin")
+    );
+    let warden = Warden::start(&config).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sdk/test_openai_sdk_access.py"
+    );
+    let base_url = format!("http://{}/v1", warden.addr);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script])
+            .env("WARDEN_BASE_URL", base_url)
+            .env("NARROW_KEY", "sk-narrow")
+            .env("LIMITED_KEY", "sk-limited")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "SDK access tests failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("4 passed"), "{stdout}");
+}
