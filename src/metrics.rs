@@ -58,6 +58,7 @@ pub struct Metrics {
     upstream_errors: Counter,
     rate_limited: Counter,
     retrieval_sources: Counter,
+    tokens: Counter,
     streams_in_flight: AtomicI64,
 }
 
@@ -187,6 +188,22 @@ impl Metrics {
         );
     }
 
+    /// Tokens as the backend counted them (`usage`), by key name and direction (`prompt`,
+    /// `completion`).
+    pub fn tokens(&self, key: &str, usage: &crate::types::Usage) {
+        self.tokens.add(
+            vec![("key", key.to_owned()), ("direction", "prompt".to_owned())],
+            usage.prompt_tokens,
+        );
+        self.tokens.add(
+            vec![
+                ("key", key.to_owned()),
+                ("direction", "completion".to_owned()),
+            ],
+            usage.completion_tokens,
+        );
+    }
+
     pub fn retrieval_sources(&self, collection: &str, count: usize) {
         self.retrieval_sources
             .add(vec![("collection", collection.to_owned())], count as u64);
@@ -200,7 +217,12 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 5] = [
+        let counters: [(&str, &str, &Counter); 6] = [
+            (
+                "warden_tokens_total",
+                "Tokens by key name and direction, as the backends reported them.",
+                &self.tokens,
+            ),
             (
                 "warden_requests_total",
                 "Requests by route, model, key name and status.",

@@ -210,6 +210,7 @@ pub async fn chat(
                 note: (!note.is_empty()).then_some(note),
                 metrics: state.metrics.clone(),
                 audit,
+                key: caller.name.clone(),
                 started: request_started,
             },
         );
@@ -223,6 +224,9 @@ pub async fn chat(
             .await
             .inspect_err(|err| metrics.upstream_error(err.backend(), err.kind()))?;
         metrics.stage("upstream_complete", dispatched.elapsed());
+        if let Some(usage) = &completion.usage {
+            metrics.tokens(&caller.name, usage);
+        }
         tracing::debug!(%backend, "completion received");
         completion.id = identity.id;
         completion.created = identity.created;

@@ -55,6 +55,8 @@ pub struct RelayOptions {
     /// When the request arrived, for the time to first token.
     pub started: Instant,
     pub audit: Option<crate::audit::Context>,
+    /// The caller's key name, for the token counts.
+    pub key: String,
 }
 
 pub fn sse(started: StartedStream, options: RelayOptions) -> Response {
@@ -158,6 +160,7 @@ struct Relay {
     metrics: Arc<Metrics>,
     started: Instant,
     audit: Option<crate::audit::Context>,
+    key: String,
     /// Counts the stream as in flight until the relay is dropped.
     _gauge: StreamGauge,
     moderation: Option<Moderation>,
@@ -194,6 +197,7 @@ pub fn events(
         metrics: options.metrics,
         started: options.started,
         audit: options.audit,
+        key: options.key,
         moderation,
         done: false,
     };
@@ -342,6 +346,10 @@ impl Relay {
         }
         let mut events = self.release_held();
         self.done = true;
+        // Counted once, at the end: the last usage an upstream sent is the total.
+        if let Some(usage) = &self.usage {
+            self.metrics.tokens(&self.key, usage);
+        }
         if self.include_usage
             && let Some(usage) = self.usage
         {

@@ -117,4 +117,13 @@ async fn metrics_count_requests_verdicts_streams_and_errors() {
             >= 4.0
     );
     assert_eq!(value(&text, "warden_streams_in_flight"), Some(0.0));
+    // Two non-streamed answers and one stream of the recorded fixtures: 3 × 31 prompt tokens.
+    assert_eq!(
+        value(
+            &text,
+            "warden_tokens_total{key=\"anonymous\",direction=\"prompt\"}"
+        ),
+        Some(93.0),
+        "{text}"
+    );
 }
