@@ -266,6 +266,7 @@ async fn orchestrate() {
     );
     drop(warden);
     guard_section(&client, &warden_bin, &dir, upstream_port, seconds).await;
+    keys_section(&warden_bin, &dir, upstream_port, seconds).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -276,6 +277,18 @@ async fn start_warden(
     name: &str,
     upstream_port: u16,
     policy: Option<String>,
+) -> (Process, String) {
+    start_warden_with(warden_bin, dir, name, upstream_port, policy, "").await
+}
+
+/// Like `start_warden`, with extra config text (keys, limits) appended.
+async fn start_warden_with(
+    warden_bin: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    upstream_port: u16,
+    policy: Option<String>,
+    extra: &str,
 ) -> (Process, String) {
     let port = free_port();
     let mut config = format!(
@@ -292,6 +305,7 @@ async fn start_warden(
             policies.display()
         ));
     }
+    config.push_str(extra);
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config).unwrap();
     let process = Process(
@@ -596,4 +610,77 @@ async fn one_stream(
             sent.elapsed().as_secs_f64() * 1000.0,
         )
     })
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Resident memory of a process, from /proc (Linux), in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Auth, rate limiting and metrics on the proxy path: the same load without keys and with
+/// BENCH_KEYS keys (each with a request limit and a concurrency cap), and the memory they take.
+async fn keys_section(warden_bin: &std::path::Path, dir: &std::path::Path, upstream_port: u16, seconds: u64) {
+    let count = env_or("BENCH_KEYS", 10_000) as usize;
+    let rate = 1000;
+    println!();
+    println!("## Keys: auth + rate limits + metrics at {rate} req/s, no keys vs {count} keys");
+    println!();
+    let mut keys = String::new();
+    for i in 0..count {
+        keys.push_str(&format!(
+            "[[keys]]\nname = \"key-{i}\"\nkey_sha256 = \"{}\"\ntenant = \"t{}\"\nrequests_per_minute = 1000000\nmax_concurrent = 1000\n",
+            sha256_hex(&format!("sk-bench-{i}")),
+            i % 100
+        ));
+    }
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(4096)
+        .default_headers({
+            let mut headers = reqwest::header::HeaderMap::new();
+            let key = format!("Bearer sk-bench-{}", count / 2);
+            headers.insert(reqwest::header::AUTHORIZATION, reqwest::header::HeaderValue::from_str(&key).unwrap());
+            headers
+        })
+        .build()
+        .unwrap();
+    let body = Arc::new(
+        serde_json::json!({"model": "llama3.2", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}).to_string(),
+    );
+    println!("| setup | RSS after start (MiB) | ok | errors | p50 (ms) | p99 (ms) |");
+    println!("|---|---|---|---|---|---|");
+    let mut p50s = Vec::new();
+    for (name, extra) in [("no keys", String::new()), ("keys", keys)] {
+        let (process, url) = start_warden_with(warden_bin, dir, &format!("keys-{}", p50s.len()), upstream_port, None, &extra).await;
+        let rss = rss_kib(process.0.id()).map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN);
+        let _ = open_loop(&client, &url, &body, rate, 1).await;
+        let run = open_loop(&client, &url, &body, rate, seconds).await;
+        println!(
+            "| {name} | {rss:.1} | {} | {} | {:.3} | {:.3} |",
+            run.latencies.len(),
+            run.errors,
+            pct(&run.latencies, 50.0),
+            pct(&run.latencies, 99.0)
+        );
+        p50s.push((pct(&run.latencies, 50.0), pct(&run.latencies, 99.0), rss));
+        drop(process);
+    }
+    println!();
+    println!(
+        "added by {count} keys: p50 {:.3} ms, p99 {:.3} ms, memory {:.1} MiB ({:.0} bytes per key)",
+        p50s[1].0 - p50s[0].0,
+        p50s[1].1 - p50s[0].1,
+        p50s[1].2 - p50s[0].2,
+        (p50s[1].2 - p50s[0].2) * 1024.0 * 1024.0 / count as f64
+    );
 }
