@@ -629,7 +629,12 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// Auth, rate limiting and metrics on the proxy path: the same load without keys and with
 /// BENCH_KEYS keys (each with a request limit and a concurrency cap), and the memory they take.
-async fn keys_section(warden_bin: &std::path::Path, dir: &std::path::Path, upstream_port: u16, seconds: u64) {
+async fn keys_section(
+    warden_bin: &std::path::Path,
+    dir: &std::path::Path,
+    upstream_port: u16,
+    seconds: u64,
+) {
     let count = env_or("BENCH_KEYS", 10_000) as usize;
     let rate = 1000;
     println!();
@@ -649,7 +654,10 @@ async fn keys_section(warden_bin: &std::path::Path, dir: &std::path::Path, upstr
         .default_headers({
             let mut headers = reqwest::header::HeaderMap::new();
             let key = format!("Bearer sk-bench-{}", count / 2);
-            headers.insert(reqwest::header::AUTHORIZATION, reqwest::header::HeaderValue::from_str(&key).unwrap());
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::HeaderValue::from_str(&key).unwrap(),
+            );
             headers
         })
         .build()
@@ -661,8 +669,18 @@ async fn keys_section(warden_bin: &std::path::Path, dir: &std::path::Path, upstr
     println!("|---|---|---|---|---|---|");
     let mut p50s = Vec::new();
     for (name, extra) in [("no keys", String::new()), ("keys", keys)] {
-        let (process, url) = start_warden_with(warden_bin, dir, &format!("keys-{}", p50s.len()), upstream_port, None, &extra).await;
-        let rss = rss_kib(process.0.id()).map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN);
+        let (process, url) = start_warden_with(
+            warden_bin,
+            dir,
+            &format!("keys-{}", p50s.len()),
+            upstream_port,
+            None,
+            &extra,
+        )
+        .await;
+        let rss = rss_kib(process.0.id())
+            .map(|k| k as f64 / 1024.0)
+            .unwrap_or(f64::NAN);
         let _ = open_loop(&client, &url, &body, rate, 1).await;
         let run = open_loop(&client, &url, &body, rate, seconds).await;
         println!(

@@ -26,6 +26,7 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformati
 
 struct KeyLimits {
     per_minute: Option<(u32, Limiter)>,
+    tokens: Option<(u32, Limiter)>,
     in_flight: Option<Arc<Semaphore>>,
 }
 
@@ -45,6 +46,11 @@ impl Limits {
                         .with_middleware::<StateInformationMiddleware>();
                     (n.get(), limiter)
                 });
+                let tokens = key.tokens_per_minute.and_then(NonZeroU32::new).map(|n| {
+                    let limiter = RateLimiter::direct(Quota::per_minute(n))
+                        .with_middleware::<StateInformationMiddleware>();
+                    (n.get(), limiter)
+                });
                 let in_flight = key
                     .max_concurrent
                     .map(|n| Arc::new(Semaphore::new(n as usize)));
@@ -52,6 +58,7 @@ impl Limits {
                     key.name.clone(),
                     KeyLimits {
                         per_minute,
+                        tokens,
                         in_flight,
                     },
                 )
@@ -61,6 +68,77 @@ impl Limits {
             keys,
             in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests as usize)),
         }
+    }
+}
+
+impl Limits {
+    /// Takes `estimate` prompt tokens from the key's budget before the request goes out; the
+    /// headers to add to the answer, or the refusal.
+    pub fn take_tokens(&self, key: &str, estimate: u32) -> Result<HeaderMap, Response> {
+        let mut headers = HeaderMap::new();
+        let Some((limit, limiter)) = self.keys.get(key).and_then(|k| k.tokens.as_ref()) else {
+            return Ok(headers);
+        };
+        let per_cell = Duration::from_secs(60) / *limit;
+        set(&mut headers, "x-ratelimit-limit-tokens", limit.to_string());
+        let wanted = NonZeroU32::new(estimate.max(1)).unwrap_or(NonZeroU32::MIN);
+        match limiter.check_n(wanted) {
+            Ok(Ok(snapshot)) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                set(&mut headers, "x-ratelimit-remaining-tokens", remaining.to_string());
+                set(&mut headers, "x-ratelimit-reset-tokens", openai_duration(per_cell * (limit - remaining)));
+                Ok(headers)
+            }
+            Ok(Err(not_until)) => {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(&DefaultClock::default()));
+                let mut response = ApiError::RateLimited {
+                    message: format!(
+                        "Rate limit reached: {limit} tokens per minute for this key (this request needs about {estimate}). Retry in {}.",
+                        openai_duration(wait)
+                    ),
+                }
+                .into_response();
+                let out = response.headers_mut();
+                out.extend(headers);
+                set(out, "x-ratelimit-remaining-tokens", "0".to_owned());
+                set(out, "x-ratelimit-reset-tokens", openai_duration(wait));
+                set(out, "retry-after", wait.as_secs_f64().ceil().max(1.0).to_string());
+                Err(response)
+            }
+            Err(_) => Err(ApiError::InvalidRequest {
+                message: format!(
+                    "this request needs about {estimate} tokens, more than the key's {limit} tokens per minute"
+                ),
+                param: Some("messages".to_owned()),
+                code: Some("tokens_exceed_limit"),
+            }
+            .into_response()),
+        }
+    }
+
+    /// Counts what the backend reported beyond the estimate (the completion, mostly), draining
+    /// the budget as far as empty: an overrun makes the next request wait, but is not carried
+    /// further than that.
+    pub fn settle_tokens(&self, key: &str, estimate: u32, used: u64) {
+        let Some((_, limiter)) = self.keys.get(key).and_then(|k| k.tokens.as_ref()) else {
+            return;
+        };
+        let mut left = used
+            .saturating_sub(u64::from(estimate))
+            .min(u64::from(u32::MAX)) as u32;
+        let mut step = left;
+        // A check that asks for more than is left takes nothing: take what there is, halving.
+        while left > 0 && step > 0 {
+            let take = step.min(left);
+            match NonZeroU32::new(take).map(|n| limiter.check_n(n)) {
+                Some(Ok(Ok(_))) => left -= take,
+                _ => step /= 2,
+            }
+        }
+    }
+
+    pub fn limits_tokens(&self, key: &str) -> bool {
+        self.keys.get(key).is_some_and(|k| k.tokens.is_some())
     }
 }
 

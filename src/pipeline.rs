@@ -187,6 +187,18 @@ pub async fn chat(
         })
     });
 
+    // Token budget: the prompt as it will go out (context included) is taken before dispatch;
+    // what the backend reports is settled after.
+    let estimate = if state.limits.limits_tokens(&caller.name) {
+        estimate_prompt_tokens(&state, &request)
+    } else {
+        0
+    };
+    let token_headers = match state.limits.take_tokens(&caller.name, estimate) {
+        Ok(headers) => headers,
+        Err(refusal) => return Ok(refusal),
+    };
+
     // 4. dispatch, and 5. relay
     if request.is_stream() {
         let dispatched = Instant::now();
@@ -211,10 +223,13 @@ pub async fn chat(
                 metrics: state.metrics.clone(),
                 audit,
                 key: caller.name.clone(),
+                limits: state.limits.clone(),
+                estimate,
                 started: request_started,
             },
         );
         response.headers_mut().extend(headers);
+        response.headers_mut().extend(token_headers);
         Ok(response)
     } else {
         let dispatched = Instant::now();
@@ -226,6 +241,9 @@ pub async fn chat(
         metrics.stage("upstream_complete", dispatched.elapsed());
         if let Some(usage) = &completion.usage {
             metrics.tokens(&caller.name, usage);
+            state
+                .limits
+                .settle_tokens(&caller.name, estimate, usage.total_tokens);
         }
         tracing::debug!(%backend, "completion received");
         completion.id = identity.id;
@@ -285,8 +303,24 @@ pub async fn chat(
         }
         let mut response = Json(completion).into_response();
         note.headers(response.headers_mut());
+        response.headers_mut().extend(token_headers);
         Ok(response)
     }
+}
+
+/// The prompt's tokens as the embedding model's tokenizer counts them (a stand-in for the chat
+/// model's, close for English), or a quarter of the characters without one.
+fn estimate_prompt_tokens(state: &AppState, request: &ChatRequest) -> u32 {
+    let text = request_turns(request)
+        .into_iter()
+        .map(|t| t.text)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let tokens = match &state.embedder {
+        Some(embedder) => embedder.count_tokens_untruncated(&text),
+        None => text.chars().count().div_ceil(4),
+    };
+    u32::try_from(tokens).unwrap_or(u32::MAX)
 }
 
 fn guard_unavailable() -> ApiError {

@@ -57,6 +57,9 @@ pub struct RelayOptions {
     pub audit: Option<crate::audit::Context>,
     /// The caller's key name, for the token counts.
     pub key: String,
+    /// The key's token budget, settled with the reported usage at the end.
+    pub limits: Arc<crate::limits::Limits>,
+    pub estimate: u32,
 }
 
 pub fn sse(started: StartedStream, options: RelayOptions) -> Response {
@@ -161,6 +164,8 @@ struct Relay {
     started: Instant,
     audit: Option<crate::audit::Context>,
     key: String,
+    limits: Arc<crate::limits::Limits>,
+    estimate: u32,
     /// Counts the stream as in flight until the relay is dropped.
     _gauge: StreamGauge,
     moderation: Option<Moderation>,
@@ -198,6 +203,8 @@ pub fn events(
         started: options.started,
         audit: options.audit,
         key: options.key,
+        limits: options.limits,
+        estimate: options.estimate,
         moderation,
         done: false,
     };
@@ -349,6 +356,8 @@ impl Relay {
         // Counted once, at the end: the last usage an upstream sent is the total.
         if let Some(usage) = &self.usage {
             self.metrics.tokens(&self.key, usage);
+            self.limits
+                .settle_tokens(&self.key, self.estimate, usage.total_tokens);
         }
         if self.include_usage
             && let Some(usage) = self.usage

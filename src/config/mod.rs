@@ -65,6 +65,7 @@ pub struct KeyConfig {
     pub collections: Option<Vec<String>>,
     pub admin: bool,
     pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
     pub max_concurrent: Option<u32>,
 }
 
@@ -677,7 +678,10 @@ fn validate_keys(
                 return Err((at("models"), format!("unknown model `{model}`")));
             }
         }
-        if key.requests_per_minute == Some(0) || key.max_concurrent == Some(0) {
+        if key.requests_per_minute == Some(0)
+            || key.max_concurrent == Some(0)
+            || key.tokens_per_minute == Some(0)
+        {
             return Err((
                 at("requests_per_minute"),
                 "limits must be at least 1 (leave them out for none)".to_owned(),
@@ -699,6 +703,7 @@ fn validate_keys(
             admin: key.admin,
             requests_per_minute: key.requests_per_minute,
             max_concurrent: key.max_concurrent,
+            tokens_per_minute: key.tokens_per_minute,
         });
     }
     Ok(keys)

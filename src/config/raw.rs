@@ -85,6 +85,10 @@ pub struct RawKey {
     /// Requests per minute (a steady rate, bursts up to the same number); absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
+    /// Tokens per minute, prompt and completion together: the prompt is estimated before the
+    /// request goes out, and the usage the backend reports is counted after; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u32>,
     /// Requests of this key in flight at once; absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,

@@ -270,3 +270,67 @@ async fn past_the_replica_limit_requests_get_503_at_once() {
     assert_eq!(body["error"]["code"], "server_overloaded");
     drop(first);
 }
+
+#[tokio::test]
+async fn the_token_budget_counts_the_prompt_before_and_the_usage_after() {
+    // The recorded completion reports 41 tokens in all; a budget of 60 per minute lets one
+    // request through whole, then the next waits.
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let config = format!(
+        "{}\n[[keys]]\nname = \"tokens\"\nkey_sha256 = \"{}\"\ntokens_per_minute = 60\n",
+        config_for(&[&upstream], ""),
+        sha256_hex("sk-tokens")
+    );
+    let warden = Warden::start(&config).await;
+    let first = chat(&warden, Some("sk-tokens"), "llama3.2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-ratelimit-limit-tokens"], "60");
+    let remaining: u32 = first.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        remaining >= 55,
+        "only the short prompt was taken before: {remaining}"
+    );
+    let second = chat(&warden, Some("sk-tokens"), "llama3.2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        second.status(),
+        200,
+        "the first usage (41) left room for this prompt"
+    );
+    let third = chat(&warden, Some("sk-tokens"), "llama3.2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 429, "the two usages drained the budget");
+    assert_eq!(third.headers()["x-ratelimit-remaining-tokens"], "0");
+    assert!(third.headers().contains_key("retry-after"));
+    let body: serde_json::Value = third.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens per minute")
+    );
+    let huge = client()
+        .post(warden.url("/v1/chat/completions"))
+        .bearer_auth("sk-tokens")
+        .json(&json!({"model": "llama3.2", "messages": [{"role": "user", "content": "word ".repeat(400)}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        huge.status(),
+        400,
+        "a prompt bigger than the whole budget can never pass"
+    );
+    assert_eq!(upstream.calls(), 2);
+}
