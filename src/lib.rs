@@ -11,6 +11,10 @@
 //! - [`guard`]: safety policies and Llama Guard 3, for input and output.
 //! - [`embed`], [`store`], [`ingest`], [`knowledge`]: embeddings in-process, Milvus, document
 //!   ingestion and retrieval.
+//! - [`retrieval`]: the retrieval stage (plan, judge, inject, report).
+//! - [`auth`], [`limits`], [`metrics`], [`audit`]: keys and tenants, rate limits, `/metrics`,
+//!   the audit log.
+//! - [`note`]: the `warden` object and headers that tell the client what happened.
 //! - [`error`]: the one error type and its OpenAI envelope.
 //! - [`request_id`]: `x-request-id` on every response, upstream request and log line.
 //! - [`cli`]: the `warden` command.
@@ -18,7 +22,9 @@
 //! # Layers
 //!
 //! [`build_app`] wraps the routes in, from the outside in: the request-id middleware (id,
-//! span, access log), the body limit (413 past `server.max_body_bytes`), and the state.
+//! span, access log), the body limit (413 past `server.max_body_bytes`), authentication (the
+//! caller and its key; 401), metrics (every request counted and timed), rate limits (429/503),
+//! and the state.
 
 pub mod audit;
 pub mod auth;
