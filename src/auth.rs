@@ -74,7 +74,8 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// The caller a bearer token names, looking at every key whatever matches, so the time taken
 /// does not tell which key came close.
 pub fn authenticate(state: &AppState, bearer: Option<&str>) -> Result<Caller, ApiError> {
-    let keys = &state.config.keys;
+    let access = state.access.load();
+    let keys = &access.keys;
     let admin_token = state.config.server.admin_token.as_ref();
     let Some(bearer) = bearer else {
         return if keys.is_empty() {

@@ -560,15 +560,10 @@ async fn run(config: Config) -> Result<(), String> {
         signals.cancel();
     });
     prepare_collections(&state).await;
-    let reload_task = state
-        .guard
-        .clone()
-        .map(|guard| tokio::spawn(reload_on_hangup(guard)));
+    let reload_task = tokio::spawn(reload_on_hangup(state.clone()));
     let result = crate::serve(state, listener, shutdown).await;
     signal_task.abort();
-    if let Some(task) = reload_task {
-        task.abort();
-    }
+    reload_task.abort();
     result.map_err(|err| format!("server error: {err}"))
 }
 
@@ -597,29 +592,63 @@ async fn prepare_collections(state: &AppState) {
     }
 }
 
-/// SIGHUP re-reads the policies; a folder that does not validate keeps the policies in force.
-async fn reload_on_hangup(guard: std::sync::Arc<crate::guard::Guard>) {
+/// SIGHUP re-reads the config file and the policies folder. Keys and limits are swapped at
+/// once (requests in flight keep what they started with; limiter counts start afresh); the
+/// policies are reloaded; what does not validate keeps what is in force, and is logged. Other
+/// sections (backends, models, Milvus, …) are read at start-up only: a change there is logged
+/// as needing a restart.
+async fn reload_on_hangup(state: AppState) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: policies will not be reloaded");
+            tracing::warn!("cannot listen for SIGHUP: config and policies will not be reloaded");
             return;
         };
         while hangups.recv().await.is_some() {
-            match guard.reload() {
-                Ok(count) => {
-                    tracing::info!(policies = count, names = ?guard.policy_names(), "policies reloaded")
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "policy reload failed; keeping the policies in force")
-                }
-            }
+            reload(&state);
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = guard;
+        let _ = state;
+    }
+}
+
+/// One reload: see [`reload_on_hangup`].
+pub fn reload(state: &AppState) {
+    match Config::load(&state.config.source, &ProcessEnv) {
+        Err(err) => {
+            tracing::error!(error = %err, "config reload failed; keeping the keys and limits in force")
+        }
+        Ok(config) => {
+            let outside = |c: &Config| {
+                let mut raw = c.effective.clone();
+                raw.keys.clear();
+                raw.limits = Default::default();
+                toml::to_string(&raw).unwrap_or_default()
+            };
+            if outside(&config) != outside(&state.config) {
+                tracing::warn!(
+                    "config changes outside [[keys]] and [limits] take effect at the next restart"
+                );
+            }
+            let keys = config.keys.len();
+            state
+                .access
+                .store(std::sync::Arc::new(crate::state::Access::new(&config)));
+            tracing::info!(keys, "keys and limits reloaded");
+        }
+    }
+    if let Some(guard) = &state.guard {
+        match guard.reload() {
+            Ok(count) => {
+                tracing::info!(policies = count, names = ?guard.policy_names(), "policies reloaded")
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "policy reload failed; keeping the policies in force")
+            }
+        }
     }
 }
 

@@ -163,7 +163,8 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
 }
 
 pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limits = &state.limits;
+    let access = state.access.load_full();
+    let limits = &access.limits;
     let Ok(global) = limits.in_flight.clone().try_acquire_owned() else {
         state.metrics.rate_limited("-", "replica_in_flight");
         let mut response = ApiError::Unavailable {

@@ -189,12 +189,13 @@ pub async fn chat(
 
     // Token budget: the prompt as it will go out (context included) is taken before dispatch;
     // what the backend reports is settled after.
-    let estimate = if state.limits.limits_tokens(&caller.name) {
+    let limits = state.access.load().limits.clone();
+    let estimate = if limits.limits_tokens(&caller.name) {
         estimate_prompt_tokens(&state, &request)
     } else {
         0
     };
-    let token_headers = match state.limits.take_tokens(&caller.name, estimate) {
+    let token_headers = match limits.take_tokens(&caller.name, estimate) {
         Ok(headers) => headers,
         Err(refusal) => return Ok(refusal),
     };
@@ -223,7 +224,7 @@ pub async fn chat(
                 metrics: state.metrics.clone(),
                 audit,
                 key: caller.name.clone(),
-                limits: state.limits.clone(),
+                limits: limits.clone(),
                 estimate,
                 started: request_started,
             },
@@ -241,9 +242,7 @@ pub async fn chat(
         metrics.stage("upstream_complete", dispatched.elapsed());
         if let Some(usage) = &completion.usage {
             metrics.tokens(&caller.name, usage);
-            state
-                .limits
-                .settle_tokens(&caller.name, estimate, usage.total_tokens);
+            limits.settle_tokens(&caller.name, estimate, usage.total_tokens);
         }
         tracing::debug!(%backend, "completion received");
         completion.id = identity.id;

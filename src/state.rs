@@ -24,7 +24,9 @@ pub struct AppState {
     pub embedder: Option<Arc<Embedder>>,
     /// Retrieval and ingestion, when both `[embeddings]` and `[milvus]` are configured.
     pub knowledge: Option<Arc<Knowledge>>,
-    pub limits: Arc<Limits>,
+    /// Keys and their limits: swapped whole by a reload (SIGHUP), so a request sees one
+    /// consistent set.
+    pub access: Arc<arc_swap::ArcSwap<Access>>,
     pub metrics: Arc<Metrics>,
     /// Every block and flag, when `[audit]` is configured.
     pub audit: Option<Arc<Audit>>,
@@ -94,7 +96,7 @@ impl AppState {
             )),
         };
         Ok(AppState {
-            limits: Arc::new(Limits::new(&config)),
+            access: Arc::new(arc_swap::ArcSwap::from_pointee(Access::new(&config))),
             metrics: Arc::new(Metrics::default()),
             audit,
             config: Arc::new(config),
@@ -104,6 +106,21 @@ impl AppState {
             knowledge,
             started_at: unix_now(),
         })
+    }
+}
+
+/// Who may call and how much: the keys and the limiters made from them.
+pub struct Access {
+    pub keys: Vec<crate::config::KeyConfig>,
+    pub limits: Arc<Limits>,
+}
+
+impl Access {
+    pub fn new(config: &Config) -> Access {
+        Access {
+            keys: config.keys.clone(),
+            limits: Arc::new(Limits::new(config)),
+        }
     }
 }
 

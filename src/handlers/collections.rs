@@ -36,8 +36,8 @@ impl FromRequestParts<AppState> for Admin {
         if caller.admin {
             return Ok(Admin(caller));
         }
-        let enabled =
-            state.config.server.admin_token.is_some() || state.config.keys.iter().any(|k| k.admin);
+        let enabled = state.config.server.admin_token.is_some()
+            || state.access.load().keys.iter().any(|k| k.admin);
         if !enabled {
             return Err(ApiError::Forbidden {
                 message: "admin routes are disabled: configure an admin key or server.admin_token"

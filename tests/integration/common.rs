@@ -36,6 +36,19 @@ impl Warden {
         }
     }
 
+    /// Serves an already built state (a test keeps a clone of it to act on).
+    pub async fn serve_state(state: AppState) -> Warden {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(warden::serve(state, listener, shutdown.clone()));
+        Warden {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -334,3 +334,87 @@ async fn the_token_budget_counts_the_prompt_before_and_the_usage_after() {
     );
     assert_eq!(upstream.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_reload_swaps_the_keys_and_a_bad_file_keeps_them() {
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let base = config_for(&[&upstream], "");
+    let key = |name: &str, secret: &str| {
+        format!(
+            "[[keys]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n",
+            sha256_hex(secret)
+        )
+    };
+    let dir = std::env::temp_dir().join(format!("warden-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("warden.toml");
+    std::fs::write(&path, format!("{base}\n{}", key("first", "sk-first"))).unwrap();
+    let config = warden::config::Config::load(&path, &warden::config::MapEnv::default()).unwrap();
+    let state = warden::AppState::new(config).unwrap();
+    let warden = Warden::serve_state(state.clone()).await;
+    assert_eq!(
+        chat(&warden, Some("sk-second"), "llama3.2")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n{}{}",
+            key("first", "sk-first"),
+            key("second", "sk-second")
+        ),
+    )
+    .unwrap();
+    warden::cli::reload(&state);
+    assert_eq!(
+        chat(&warden, Some("sk-second"), "llama3.2")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        chat(&warden, Some("sk-first"), "llama3.2")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n{}\nunknown_section_key = 1\n",
+            key("first", "sk-first")
+        ),
+    )
+    .unwrap();
+    warden::cli::reload(&state);
+    assert_eq!(
+        chat(&warden, Some("sk-second"), "llama3.2")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "a file that does not validate keeps the keys in force"
+    );
+    std::fs::write(&path, format!("{base}\n{}", key("first", "sk-first"))).unwrap();
+    warden::cli::reload(&state);
+    assert_eq!(
+        chat(&warden, Some("sk-second"), "llama3.2")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "a revoked key stops working"
+    );
+}
