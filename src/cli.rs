@@ -559,6 +559,11 @@ async fn run(config: Config) -> Result<(), String> {
         wait_for_signal().await;
         signals.cancel();
     });
+    if state.config.keys.is_empty() {
+        tracing::warn!(
+            "no [[keys]] configured: every caller is anonymous (tenant \"default\"), all models and collections are open to anyone who can reach {listen}"
+        );
+    }
     prepare_collections(&state).await;
     let reload_task = tokio::spawn(reload_on_hangup(state.clone()));
     let result = crate::serve(state, listener, shutdown).await;

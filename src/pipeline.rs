@@ -56,6 +56,7 @@ pub async fn chat(
         .ok_or_else(|| ApiError::ModelNotFound {
             model: request.model.clone(),
         })?;
+    tracing::Span::current().record("model", tracing::field::display(&route.id));
     let request_id = request_id::current();
     let request_started = Instant::now();
     let identity = StreamIdentity::new(&route.id);
@@ -111,10 +112,12 @@ pub async fn chat(
         match (&plan, &state.knowledge) {
             (Some(plan), Some(knowledge)) => {
                 let started = Instant::now();
-                let found = knowledge
-                    .search(&plan.collection, &caller.tenant, &plan.query, plan.top_k)
+                let (found, timings) = knowledge
+                    .search_timed(&plan.collection, &caller.tenant, &plan.query, plan.top_k)
                     .await;
                 metrics.stage("retrieval", started.elapsed());
+                metrics.stage("embed", timings.embed);
+                metrics.stage("search", timings.search);
                 Some(found)
             }
             _ => None,

@@ -49,7 +49,7 @@ pub async fn middleware(mut request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();
-    let span = tracing::info_span!("request", request_id = %id, %method, %path, key = tracing::field::Empty);
+    let span = tracing::info_span!("request", request_id = %id, %method, %path, key = tracing::field::Empty, model = tracing::field::Empty);
     let mut response = REQUEST_ID
         .scope(id, next.run(request))
         .instrument(span.clone())

@@ -276,6 +276,19 @@ impl Knowledge {
         query: &str,
         top_k: usize,
     ) -> Result<Vec<Hit>, KnowledgeError> {
+        self.search_timed(collection, tenant, query, top_k).await.0
+    }
+
+    /// [`Knowledge::search`], with the time spent embedding and searching (for metrics).
+    pub async fn search_timed(
+        &self,
+        collection: &str,
+        tenant: &str,
+        query: &str,
+        top_k: usize,
+    ) -> (Result<Vec<Hit>, KnowledgeError>, Timings) {
+        let mut timings = Timings::default();
+        let started = std::time::Instant::now();
         let check = async {
             if self.checked.get(collection).is_none() {
                 self.store
@@ -285,14 +298,35 @@ impl Knowledge {
             }
             Ok::<(), StoreError>(())
         };
-        let (checked, vector) = tokio::join!(check, self.embedder.embed_query(query));
-        checked?;
-        let vector = vector?;
-        Ok(self
+        let embed = async {
+            let vector = self.embedder.embed_query(query).await;
+            (vector, started.elapsed())
+        };
+        let (checked, (vector, embed_time)) = tokio::join!(check, embed);
+        timings.embed = embed_time;
+        if let Err(err) = checked {
+            return (Err(err.into()), timings);
+        }
+        let vector = match vector {
+            Ok(vector) => vector,
+            Err(err) => return (Err(err.into()), timings),
+        };
+        let searched = std::time::Instant::now();
+        let hits = self
             .store
             .search(collection, tenant, &vector, top_k, self.retrieval.min_score)
-            .await?)
+            .await
+            .map_err(KnowledgeError::from);
+        timings.search = searched.elapsed();
+        (hits, timings)
     }
+}
+
+/// Where the time of one search went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub embed: std::time::Duration,
+    pub search: std::time::Duration,
 }
 
 enum Target {
