@@ -196,12 +196,9 @@ where
     F: FnOnce(std::sync::Arc<Knowledge>) -> Fut,
     Fut: std::future::Future<Output = ExitCode>,
 {
-    let config = match Config::load(path, &ProcessEnv) {
+    let config = match load_config(path) {
         Ok(config) => config,
-        Err(err) => {
-            report(&err.to_string());
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     crate::telemetry::init(&crate::config::LogConfig {
         format: config.log.format,
@@ -214,15 +211,9 @@ where
         ));
         return ExitCode::from(EXIT_CONFIG);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(true) {
         Ok(runtime) => runtime,
-        Err(err) => {
-            report(&format!("cannot start the async runtime: {err}"));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let embedder = match crate::embed::Embedder::load(embeddings) {
@@ -420,22 +411,13 @@ fn policy_check(paths: &[PathBuf]) -> ExitCode {
 }
 
 fn guard(args: &GuardArgs) -> ExitCode {
-    let config = match Config::load(&args.config.config, &ProcessEnv) {
+    let config = match load_config(&args.config.config) {
         Ok(config) => config,
-        Err(err) => {
-            report(&err.to_string());
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(false) {
         Ok(runtime) => runtime,
-        Err(err) => {
-            report(&format!("cannot start the async runtime: {err}"));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let state = match AppState::new(config) {
@@ -489,17 +471,35 @@ fn guard(args: &GuardArgs) -> ExitCode {
     })
 }
 
+/// The configuration, or the exit status after saying why it cannot be used.
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path, &ProcessEnv).map_err(|err| {
+        report(&err.to_string());
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// The async runtime (one thread for one-shot commands), or the exit status after saying why not.
+fn build_runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|err| {
+        report(&format!("cannot start the async runtime: {err}"));
+        ExitCode::FAILURE
+    })
+}
+
 fn report(message: &str) {
     let _ = writeln!(std::io::stderr(), "warden: {message}");
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path, &ProcessEnv) {
+    let config = match load_config(path) {
         Ok(config) => config,
-        Err(err) => {
-            report(&err.to_string());
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     match config.effective_toml() {
         Ok(text) => {
@@ -516,23 +516,14 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path, &ProcessEnv) {
+    let config = match load_config(path) {
         Ok(config) => config,
-        Err(err) => {
-            report(&err.to_string());
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     crate::telemetry::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(true) {
         Ok(runtime) => runtime,
-        Err(err) => {
-            report(&format!("cannot start the async runtime: {err}"));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -265,10 +265,22 @@ fn spawn_serving(
     String,
     std::sync::mpsc::Receiver<String>,
 ) {
+    spawn_serving_with(path, &[("RUST_LOG", "info")])
+}
+
+/// [`spawn_serving`] with these environment variables.
+fn spawn_serving_with(
+    path: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    String,
+    std::sync::mpsc::Receiver<String>,
+) {
     let mut child = warden()
         .args(["serve", "--config"])
         .arg(path)
-        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -321,27 +333,13 @@ async fn logs_hold_no_key_or_content_and_the_audit_log_records_blocks() {
         audit.display()
     );
     let path = temp_config("audit", &config);
-    let mut child = warden()
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "debug")
-        .env("AUDIT_TEST_KEY", "sk-SECRET-XYZ-123")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = wait_for_line(&rx, "listening on http://");
-    let address = line[line.find("listening on http://").unwrap() + "listening on http://".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let (mut child, address, rx) = spawn_serving_with(
+        &path,
+        &[
+            ("RUST_LOG", "debug"),
+            ("AUDIT_TEST_KEY", "sk-SECRET-XYZ-123"),
+        ],
+    );
     for text in [
         "PURPLE-ELEPHANT-42: how to hotwire a car",
         "PURPLE-ELEPHANT-42: hello there",
