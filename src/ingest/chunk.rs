@@ -1,16 +1,26 @@
 //! Text → chunks for embedding, measured in the embedding model's tokens.
 //!
-//! The text is cut into units: paragraphs (split at blank lines), paragraphs into sentences
-//! (and at the line breaks of lists, headings and table rows), and a sentence longer than a
-//! chunk into runs of words (a word longer than a chunk into runs of characters). Whole units
-//! are then packed into chunks up to `max_tokens`; the next chunk starts with the previous
-//! one's last whole sentences, up to `overlap_tokens`, so that a fact stated across a cut is
-//! whole in at least one chunk.
+//! The text is cut into blocks: Markdown ATX headings, fenced code blocks and tables (runs of
+//! lines starting with `|`), and paragraphs of the rest (split at blank lines). Then into
+//! units: a heading is one; a code block or table is one when it fits in a chunk, else one per
+//! line; a paragraph is cut into sentences (and at the line breaks of lists), and a sentence
+//! or line longer than a chunk into runs of words (a word longer than a chunk into runs of
+//! characters). Whole units are then packed into chunks up to `max_tokens`; the next chunk
+//! starts with the previous one's last whole sentences, up to `overlap_tokens`, so that a fact
+//! stated across a cut is whole in at least one chunk.
+//!
+//! A chunk keeps a section together when it can: it ends early, once at least half full,
+//! before a heading whose section would not fit, as before a paragraph that would not fit; it
+//! never ends on a heading that has its section after it; and a chunk that starts at a
+//! heading repeats nothing of the section before. Each chunk carries the heading path in
+//! force where it starts, so that a chunk from the middle of a section still says which.
 //!
 //! Units are counted once each and the counts added, which keeps a 1 MB text linear; every
 //! chunk is then counted as written, because tokenizers are not additive (a BPE merges across
 //! the space between sentences, a model adds special tokens), and trimmed if the sum was off.
 //! A chunk's text is the exact slice of the source that starts at `start`.
+
+use super::text::{Fences, atx_heading};
 
 /// How big chunks are, in the embedding model's tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,19 +42,25 @@ pub struct Chunk {
     pub start: usize,
     /// `count_tokens(&text)`.
     pub tokens: usize,
+    /// The Markdown headings in force where `text` starts, outermost first (its own first
+    /// line included when that is a heading): the section it is from.
+    pub heading: Vec<String>,
 }
 
 /// Cuts `text` into chunks of at most `config.max_tokens` tokens as `count_tokens` counts
 /// them, in order, together covering every sentence of the text, consecutive chunks sharing
 /// whole sentences of at most `config.overlap_tokens` tokens.
 ///
-/// A chunk ends early at a paragraph boundary when it is at least half full and the next
-/// paragraph would not fit whole. The one case where a chunk may exceed the limit: a single
-/// character that alone counts more than `max_tokens` (a tokenizer whose fixed overhead is
-/// the whole budget), because a chunk is never empty.
+/// A chunk ends early at a paragraph or a heading when it is at least half full and the next
+/// paragraph or section would not fit whole, and never on a heading with text after it
+/// unless nothing of that text fits beside it. The one case where a chunk may exceed the
+/// limit: a single character that alone counts more than `max_tokens` (a tokenizer whose
+/// fixed overhead is the whole budget), because a chunk is never empty.
 pub fn chunk(text: &str, config: &ChunkConfig, count_tokens: &dyn Fn(&str) -> usize) -> Vec<Chunk> {
     let max = config.max_tokens.max(1);
-    let (units, paragraph_tokens) = segment(text, max, count_tokens);
+    let segments = segment(text, max, count_tokens);
+    let units = &segments.units;
+    let mut headings = HeadingPath::new(&segments.headings);
     let mut chunks = Vec::new();
     // The chunk being built holds units[first..end]; units[fresh..] are in no chunk yet.
     let mut first = 0;
@@ -54,26 +70,15 @@ pub fn chunk(text: &str, config: &ChunkConfig, count_tokens: &dyn Fn(&str) -> us
             .iter()
             .fold(0usize, |sum, unit| sum.saturating_add(unit.tokens));
         let mut end = fresh;
+        // The first new unit always goes in: the overlap was sized to leave room for it.
         while let Some(unit) = units.get(end) {
-            // The first new unit always goes in: the overlap was sized to leave room for it.
-            if end > fresh {
-                let with_unit = sum.saturating_add(unit.tokens);
-                if with_unit > max {
-                    break;
-                }
-                let half_full = sum.saturating_mul(2) >= max;
-                let paragraph = paragraph_tokens
-                    .get(unit.paragraph)
-                    .copied()
-                    .unwrap_or_default();
-                if unit.opens_paragraph && half_full && sum.saturating_add(paragraph) > max {
-                    break;
-                }
+            if end > fresh && segments.ends_before(unit, sum, max) {
+                break;
             }
             sum = sum.saturating_add(unit.tokens);
             end += 1;
         }
-        let fitted = fit(text, &units, first, fresh, end, max, count_tokens);
+        let fitted = fit(text, units, first, fresh, end, max, count_tokens);
         let start = units[fitted.first].start;
         let stop = units[fitted.end - 1].end;
         chunks.push(Chunk {
@@ -81,78 +86,269 @@ pub fn chunk(text: &str, config: &ChunkConfig, count_tokens: &dyn Fn(&str) -> us
             text: text[start..stop].to_owned(),
             start,
             tokens: fitted.tokens,
+            heading: headings.at(start),
         });
         fresh = fitted.end;
-        first = overlap_start(&units, fitted.first, fitted.end, config.overlap_tokens, max);
+        first = overlap_start(units, fitted.first, fitted.end, config.overlap_tokens, max);
     }
     chunks
 }
 
-/// A sentence, a line of a list, or a run of words of an overlong sentence: the smallest
-/// piece a chunk is made of.
+/// A sentence, a line of a list, a heading, a whole code block or table (or a line of one too
+/// big for a chunk), or a run of words of an overlong sentence: the smallest piece a chunk is
+/// made of.
 #[derive(Debug)]
 struct Unit {
     start: usize,
     end: usize,
     tokens: usize,
+    /// The block it is from.
     paragraph: usize,
     opens_paragraph: bool,
+    /// Sections run from a heading (or a run of headings) to the next; 0 is before the first.
+    section: usize,
+    opens_section: bool,
+    heading: bool,
+    /// A piece of a code block or table after its first: a chunk should not start there.
+    continues_block: bool,
 }
 
-/// The units of the text in order, and each paragraph's token count (summed over its units).
-fn segment(text: &str, max: usize, count: &dyn Fn(&str) -> usize) -> (Vec<Unit>, Vec<usize>) {
-    let mut units = Vec::new();
-    let mut paragraph_tokens = Vec::new();
-    for (paragraph, (p_start, p_end)) in paragraphs(text).into_iter().enumerate() {
-        let first = units.len();
+/// The text cut into units, with the sizes the packing looks ahead at.
+struct Segments {
+    units: Vec<Unit>,
+    /// Each paragraph's (block's) tokens, summed over its units.
+    paragraph_tokens: Vec<usize>,
+    /// Each section's tokens, summed over its units.
+    section_tokens: Vec<usize>,
+    headings: Vec<HeadingMark>,
+}
+
+impl Segments {
+    /// Whether a chunk holding `sum` tokens ends before `unit`: when it would not fit, or when
+    /// the chunk is at least half full and the section or paragraph `unit` opens would not
+    /// fit whole.
+    fn ends_before(&self, unit: &Unit, sum: usize, max: usize) -> bool {
+        if sum.saturating_add(unit.tokens) > max {
+            return true;
+        }
+        let whole_fits = |tokens: &[usize], index: usize| {
+            sum.saturating_add(tokens.get(index).copied().unwrap_or_default()) <= max
+        };
+        let half_full = sum.saturating_mul(2) >= max;
+        half_full
+            && ((unit.opens_section && !whole_fits(&self.section_tokens, unit.section))
+                || (unit.opens_paragraph && !whole_fits(&self.paragraph_tokens, unit.paragraph)))
+    }
+}
+
+/// A heading of the text: where it starts, its level and its text.
+#[derive(Debug)]
+struct HeadingMark {
+    start: usize,
+    level: usize,
+    text: String,
+}
+
+/// The heading path at positions that only grow, built as they pass each heading.
+struct HeadingPath<'a> {
+    headings: &'a [HeadingMark],
+    passed: usize,
+    /// The open headings, outermost first, with their levels.
+    open: Vec<(usize, &'a str)>,
+}
+
+impl<'a> HeadingPath<'a> {
+    fn new(headings: &'a [HeadingMark]) -> Self {
+        Self {
+            headings,
+            passed: 0,
+            open: Vec::new(),
+        }
+    }
+
+    /// The path in force at `position`, a heading starting there included.
+    fn at(&mut self, position: usize) -> Vec<String> {
+        while let Some(mark) = self.headings.get(self.passed) {
+            if mark.start > position {
+                break;
+            }
+            // A heading closes those at its level and below.
+            while self
+                .open
+                .last()
+                .is_some_and(|(level, _)| *level >= mark.level)
+            {
+                self.open.pop();
+            }
+            // "#" alone still closes them, but names nothing.
+            if !mark.text.is_empty() {
+                self.open.push((mark.level, &mark.text));
+            }
+            self.passed += 1;
+        }
+        self.open
+            .iter()
+            .map(|(_, text)| (*text).to_owned())
+            .collect()
+    }
+}
+
+/// The units of the text in order, with the sizes of its paragraphs and sections.
+fn segment(text: &str, max: usize, count: &dyn Fn(&str) -> usize) -> Segments {
+    let mut segments = Segments {
+        units: Vec::new(),
+        paragraph_tokens: Vec::new(),
+        section_tokens: vec![0],
+        headings: Vec::new(),
+    };
+    let mut after_heading = false;
+    for (paragraph, block) in blocks(text).into_iter().enumerate() {
         let mut pieces = Vec::new();
-        for (s, e) in sentences(&text[p_start..p_end]) {
-            let (s, e) = (p_start + s, p_start + e);
+        let mut push = |s: usize, e: usize| {
             let tokens = count(&text[s..e]);
             if tokens <= max {
                 pieces.push((s, e, tokens));
             } else {
                 split_long(text, s, e, max, count, &mut pieces);
             }
+        };
+        match block.kind {
+            BlockKind::Prose => {
+                for (s, e) in sentences(&text[block.start..block.end]) {
+                    push(block.start + s, block.start + e);
+                }
+            }
+            BlockKind::Heading => push(block.start, block.end),
+            BlockKind::Code | BlockKind::Table => {
+                let tokens = count(&text[block.start..block.end]);
+                if tokens <= max {
+                    pieces.push((block.start, block.end, tokens));
+                } else {
+                    // Too big for one chunk: cut between lines.
+                    for (s, e) in lines(text, block.start, block.end) {
+                        push(s, e);
+                    }
+                }
+            }
         }
+        let heading = block.kind == BlockKind::Heading;
+        if heading {
+            if let Some((level, title)) = atx_heading(&text[block.start..block.end]) {
+                segments.headings.push(HeadingMark {
+                    start: block.start,
+                    level,
+                    text: title.to_owned(),
+                });
+            }
+            // Headings in a row open one section: the first one's.
+            if !after_heading {
+                segments.section_tokens.push(0);
+            }
+        }
+        let opens_section = heading && !after_heading;
+        after_heading = heading;
+        let section = segments.section_tokens.len() - 1;
         let mut total = 0usize;
-        for (start, end, tokens) in pieces {
+        for (i, (start, end, tokens)) in pieces.into_iter().enumerate() {
             total = total.saturating_add(tokens);
-            units.push(Unit {
+            segments.units.push(Unit {
                 start,
                 end,
                 tokens,
                 paragraph,
-                opens_paragraph: units.len() == first,
+                opens_paragraph: i == 0,
+                section,
+                opens_section: opens_section && i == 0,
+                heading,
+                continues_block: i > 0 && matches!(block.kind, BlockKind::Code | BlockKind::Table),
             });
         }
-        paragraph_tokens.push(total);
+        segments.paragraph_tokens.push(total);
+        if let Some(section_total) = segments.section_tokens.last_mut() {
+            *section_total = section_total.saturating_add(total);
+        }
     }
-    (units, paragraph_tokens)
+    segments
 }
 
-/// Paragraphs as byte ranges, split at lines holding only whitespace, trimmed.
-fn paragraphs(text: &str) -> Vec<(usize, usize)> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockKind {
+    Prose,
+    Heading,
+    /// A fenced code block, fences included.
+    Code,
+    Table,
+}
+
+/// A block as a byte range, trimmed.
+#[derive(Debug)]
+struct Block {
+    start: usize,
+    end: usize,
+    kind: BlockKind,
+}
+
+/// The blocks of the text in order: a heading is one line; a code block runs from its
+/// opening fence to its closing one (blank lines included); a table is a run of lines
+/// starting with `|`; a paragraph runs to a blank line or to a block of another kind.
+fn blocks(text: &str) -> Vec<Block> {
     let mut out = Vec::new();
-    let mut current: Option<(usize, usize)> = None;
+    let mut current: Option<Block> = None;
+    let mut fences = Fences::default();
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let line_start = offset;
         offset += line.len();
-        if line.trim().is_empty() {
-            out.extend(current.take());
+        let content = line.trim_end();
+        let start = line_start + (line.len() - line.trim_start().len());
+        let end = line_start + content.len();
+        let in_code = fences.is_open();
+        if fences.is_code(content) {
+            if !in_code {
+                out.extend(current.take());
+                current = Some(Block {
+                    start,
+                    end,
+                    kind: BlockKind::Code,
+                });
+            } else if let Some(block) = current.as_mut().filter(|_| !content.trim().is_empty()) {
+                block.end = end;
+            }
+            if !fences.is_open() {
+                out.extend(current.take());
+            }
             continue;
         }
-        let end = line_start + line.trim_end().len();
+        let kind = if content.trim().is_empty() {
+            out.extend(current.take());
+            continue;
+        } else if atx_heading(content).is_some() {
+            BlockKind::Heading
+        } else if content.trim_start().starts_with('|') {
+            BlockKind::Table
+        } else {
+            BlockKind::Prose
+        };
         match &mut current {
-            Some((_, paragraph_end)) => *paragraph_end = end,
-            None => {
-                let lead = line.len() - line.trim_start().len();
-                current = Some((line_start + lead, end));
+            Some(block) if block.kind == kind && kind != BlockKind::Heading => block.end = end,
+            _ => {
+                out.extend(current.take());
+                current = Some(Block { start, end, kind });
             }
         }
     }
     out.extend(current);
+    out
+}
+
+/// The lines of `text[start..end]` as byte ranges, trimmed, blank ones left out.
+fn lines(text: &str, start: usize, end: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut offset = start;
+    for line in text[start..end].split_inclusive('\n') {
+        push_trimmed(text, offset, offset + line.len(), &mut out);
+        offset += line.len();
+    }
     out
 }
 
@@ -392,7 +588,7 @@ struct Fitted {
 
 /// Counts `units[first..end]` as one text and, when the summed counts were too low, keeps as
 /// many of the new units (from `fresh`) as fit; if not even one fits after the overlap, drops
-/// the overlap.
+/// the overlap. Either way the chunk does not end on headings (see [`before_headings`]).
 fn fit(
     text: &str,
     units: &[Unit],
@@ -403,6 +599,7 @@ fn fit(
     count: &dyn Fn(&str) -> usize,
 ) -> Fitted {
     let measure = |a: usize, b: usize| count(&text[units[a].start..units[b - 1].end]);
+    let end = before_headings(units, fresh, end);
     let tokens = measure(first, end);
     if tokens <= max {
         return Fitted { first, end, tokens };
@@ -410,7 +607,7 @@ fn fit(
     let fresh_units = end - fresh;
     let keep = largest_fitting(fresh_units, |k| measure(first, fresh + k) <= max);
     if keep > 0 {
-        let end = fresh + keep;
+        let end = before_headings(units, fresh, fresh + keep);
         return Fitted {
             first,
             end,
@@ -418,7 +615,7 @@ fn fit(
         };
     }
     let keep = largest_fitting(fresh_units, |k| measure(fresh, fresh + k) <= max).max(1);
-    let end = fresh + keep;
+    let end = before_headings(units, fresh, fresh + keep);
     Fitted {
         first: fresh,
         end,
@@ -426,13 +623,32 @@ fn fit(
     }
 }
 
+/// Where a chunk whose new units are `units[fresh..end]` ends so that it does not end on
+/// headings whose section comes after it: before them, as long as a new unit is left.
+fn before_headings(units: &[Unit], fresh: usize, end: usize) -> usize {
+    if end >= units.len() {
+        // Nothing comes after: the document's last headings stay where they are.
+        return end;
+    }
+    let mut end = end;
+    while end > fresh + 1 && units[end - 1].heading {
+        end -= 1;
+    }
+    end
+}
+
 /// Where the chunk after `units[first..end]` starts: its last whole units totalling at most
 /// `overlap` tokens, fewer if the next unit would not fit beside them, and never all of them,
-/// so that every chunk starts later than the one before.
+/// so that every chunk starts later than the one before. Nothing is repeated before a
+/// heading (a new section needs nothing of the last one), and the overlap does not start
+/// inside a code block or table unless the next chunk does anyway.
 fn overlap_start(units: &[Unit], first: usize, end: usize, overlap: usize, max: usize) -> usize {
     let Some(next) = units.get(end) else {
         return end;
     };
+    if next.heading {
+        return end;
+    }
     let budget = overlap.min(max.saturating_sub(next.tokens));
     let mut start = end;
     let mut sum = 0usize;
@@ -443,6 +659,11 @@ fn overlap_start(units: &[Unit], first: usize, end: usize, overlap: usize, max: 
         }
         sum += tokens;
         start -= 1;
+    }
+    if !next.continues_block {
+        while start < end && units[start].continues_block {
+            start += 1;
+        }
     }
     start
 }
@@ -772,7 +993,7 @@ mod tests {
     #[test]
     fn paragraphs_split_at_blank_lines() {
         let text = "\n  first para\nline two  \n \t \n\n second\r\n\r\nthird";
-        let ranges: Vec<&str> = paragraphs(text).iter().map(|&(s, e)| &text[s..e]).collect();
+        let ranges: Vec<&str> = blocks(text).iter().map(|b| &text[b.start..b.end]).collect();
         assert_eq!(ranges, ["first para\nline two", "second", "third"]);
     }
 
@@ -831,5 +1052,293 @@ mod tests {
             overlap_tokens: 10,
         };
         assert_eq!(chunk(&text, &config, &words), chunk(&text, &config, &words));
+    }
+
+    fn texts(chunks: &[Chunk]) -> Vec<&str> {
+        chunks.iter().map(|c| c.text.as_str()).collect()
+    }
+
+    fn headings(chunks: &[Chunk]) -> Vec<Vec<&str>> {
+        chunks
+            .iter()
+            .map(|c| c.heading.iter().map(String::as_str).collect())
+            .collect()
+    }
+
+    #[test]
+    fn chunks_carry_the_heading_path_where_they_start() {
+        let text = "# tar(1) — an archiving utility\n\n\
+                    tar saves many files together into one archive.\n\n\
+                    ## Options ##\n\n\
+                    Options come in three styles, all of them optional.\n\n\
+                    ### Compression options\n\n\
+                    Use -z for gzip. Use -j for bzip2. Use -J for xz.\n\n\
+                    ## Examples\n\n\
+                    ```sh\n# create an archive\ntar -cf all.tar notes\n```\n\n\
+                    Extract it again with tar -xf all.tar in a fresh folder.";
+        let config = ChunkConfig {
+            max_tokens: 16,
+            overlap_tokens: 4,
+        };
+        let chunks = chunk(text, &config, &words);
+        check_invariants(text, &chunks, 16, &words);
+        assert_eq!(
+            texts(&chunks),
+            [
+                "# tar(1) — an archiving utility\n\ntar saves many files together into one archive.",
+                "## Options ##\n\nOptions come in three styles, all of them optional.",
+                "### Compression options\n\nUse -z for gzip. Use -j for bzip2. Use -J for xz.",
+                "## Examples\n\n```sh\n# create an archive\ntar -cf all.tar notes\n```",
+                "Extract it again with tar -xf all.tar in a fresh folder.",
+            ]
+        );
+        let tar = "tar(1) — an archiving utility";
+        // The comment in the code block is no heading; a chunk from mid-section still says
+        // which section it is in.
+        assert_eq!(
+            headings(&chunks),
+            [
+                vec![tar],
+                vec![tar, "Options"],
+                vec![tar, "Options", "Compression options"],
+                vec![tar, "Examples"],
+                vec![tar, "Examples"],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_chunk_does_not_end_on_a_heading() {
+        let text = "One two three four five.\n\n## Next\n\nSix seven eight nine ten eleven twelve thirteen.";
+        let config = ChunkConfig {
+            max_tokens: 12,
+            overlap_tokens: 3,
+        };
+        let chunks = chunk(text, &config, &words);
+        check_invariants(text, &chunks, 12, &words);
+        // The heading fits after the first paragraph, but its section does not: it moves to
+        // the next chunk, which repeats nothing of the section before.
+        assert_eq!(
+            texts(&chunks),
+            [
+                "One two three four five.",
+                "## Next\n\nSix seven eight nine ten eleven twelve thirteen."
+            ]
+        );
+        assert_eq!(headings(&chunks), [vec![], vec!["Next"]]);
+
+        // Half full, a chunk ends before a section that would not fit whole...
+        let text = "One two three four five six seven.\n\n## Next\n\nEight nine ten eleven.";
+        let chunks = chunk(text, &config, &words);
+        assert_eq!(
+            texts(&chunks),
+            [
+                "One two three four five six seven.",
+                "## Next\n\nEight nine ten eleven."
+            ]
+        );
+        // ...and keeps one that fits.
+        let text = "One two three four five six seven.\n\n## Next\n\nEight nine ten.";
+        assert_eq!(texts(&chunk(text, &config, &words)), [text]);
+    }
+
+    #[test]
+    fn a_code_block_that_fits_is_kept_whole() {
+        let code = "```python\n# Not a heading.\nprint(1)\n\nprint(2)\n```";
+        let text = format!(
+            "Intro sentence one here. Intro sentence two here.\n\n{code}\n\nAfter the code."
+        );
+        let config = ChunkConfig {
+            max_tokens: 12,
+            overlap_tokens: 4,
+        };
+        let chunks = chunk(&text, &config, &words);
+        check_invariants(&text, &chunks, 12, &words);
+        assert_eq!(
+            texts(&chunks),
+            [
+                "Intro sentence one here. Intro sentence two here.",
+                &format!("Intro sentence two here.\n\n{code}"),
+                "After the code.",
+            ]
+        );
+        assert!(chunks.iter().all(|c| c.heading.is_empty()));
+    }
+
+    #[test]
+    fn a_table_that_fits_is_kept_whole() {
+        let table = "| Flag | Meaning |\n| --- | --- |\n| -z | gzip |\n| -j | bzip2 |";
+        let text = format!("Flags. Here is what they mean.\n\n{table}\n\nThat is all.");
+        let config = ChunkConfig {
+            max_tokens: 24,
+            overlap_tokens: 0,
+        };
+        let chunks = chunk(&text, &config, &words);
+        check_invariants(&text, &chunks, 24, &words);
+        assert_eq!(
+            texts(&chunks),
+            [
+                "Flags. Here is what they mean.",
+                &format!("{table}\n\nThat is all."),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_code_block_bigger_than_a_chunk_is_cut_between_lines() {
+        let text = "```\nalpha beta gamma\ndelta epsilon zeta\neta theta iota\nkappa lambda mu\n```\n\n\
+                    The end of it all.";
+        let config = ChunkConfig {
+            max_tokens: 8,
+            overlap_tokens: 4,
+        };
+        let chunks = chunk(text, &config, &words);
+        check_invariants(text, &chunks, 8, &words);
+        // Inside the block the overlap is whole lines; after it, the next chunk does not
+        // start inside the block for the sake of an overlap.
+        assert_eq!(
+            texts(&chunks),
+            [
+                "```\nalpha beta gamma\ndelta epsilon zeta",
+                "delta epsilon zeta\neta theta iota",
+                "eta theta iota\nkappa lambda mu\n```",
+                "The end of it all.",
+            ]
+        );
+    }
+
+    #[test]
+    fn blocks_are_headings_code_tables_and_paragraphs() {
+        let text = "Intro line\n## Head ##\nText\n| a |\n| b |\nAfter\n\n  ~~~\n  # code\n\n  ~~~\n#hashtag\n```\nopen";
+        let kinds: Vec<(&str, BlockKind)> = blocks(text)
+            .iter()
+            .map(|b| (&text[b.start..b.end], b.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("Intro line", BlockKind::Prose),
+                ("## Head ##", BlockKind::Heading),
+                ("Text", BlockKind::Prose),
+                ("| a |\n| b |", BlockKind::Table),
+                ("After", BlockKind::Prose),
+                ("~~~\n  # code\n\n  ~~~", BlockKind::Code),
+                ("#hashtag", BlockKind::Prose),
+                // An unclosed fence runs to the end.
+                ("```\nopen", BlockKind::Code),
+            ]
+        );
+    }
+
+    /// `document`'s text with headings (three levels), code blocks and tables between its
+    /// paragraphs.
+    fn markdown_document(sentences: usize) -> String {
+        let (text, _) = document(sentences);
+        let mut out = String::new();
+        for (i, paragraph) in text.split("\n\n").enumerate() {
+            if !out.is_empty() {
+                out.push_str("\n\n");
+            }
+            match i % 7 {
+                0 => out.push_str(&format!("# Part {i}\n\n")),
+                2 => out.push_str(&format!("## Section {i}\n\n### Detail {i}\n\n")),
+                3 => out.push_str(&format!(
+                    "```sh\n# step {i}\nrun --fast {i}\n\nrun --slow {i}\n```\n\n"
+                )),
+                5 => out.push_str(&format!(
+                    "## Table {i}\n\n| key | value |\n| --- | --- |\n| k{i} | v{i} |\n\n"
+                )),
+                _ => {}
+            }
+            out.push_str(paragraph);
+        }
+        out
+    }
+
+    /// The heading path at `position`, the slow way.
+    fn path_at(text: &str, position: usize) -> Vec<String> {
+        let mut path: Vec<(usize, String)> = Vec::new();
+        let mut fences = Fences::default();
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            let line_start = offset;
+            offset += line.len();
+            if line_start > position {
+                break;
+            }
+            if fences.is_code(line.trim_end()) {
+                continue;
+            }
+            if let Some((level, title)) = atx_heading(line.trim_end()) {
+                path.retain(|(open, _)| *open < level);
+                if !title.is_empty() {
+                    path.push((level, title.to_owned()));
+                }
+            }
+        }
+        path.into_iter().map(|(_, title)| title).collect()
+    }
+
+    #[test]
+    fn markdown_documents_keep_the_invariants_and_their_sections() {
+        let text = markdown_document(300);
+        for (max, overlap) in [(1, 0), (7, 2), (16, 4), (40, 10), (64, 16), (200, 30)] {
+            let config = ChunkConfig {
+                max_tokens: max,
+                overlap_tokens: overlap,
+            };
+            let chunks = chunk(&text, &config, &words);
+            check_invariants(&text, &chunks, max, &words);
+            for c in &chunks {
+                assert_eq!(c.heading, path_at(&text, c.start), "{c:?}");
+            }
+            if max < 40 {
+                continue;
+            }
+            // Roomy chunks: every code block and table is whole in some chunk, and no chunk
+            // but the last ends on a heading.
+            for block in blocks(&text) {
+                if matches!(block.kind, BlockKind::Code | BlockKind::Table) {
+                    let whole = &text[block.start..block.end];
+                    assert!(chunks.iter().any(|c| c.text.contains(whole)), "{whole:?}");
+                }
+            }
+            for c in &chunks[..chunks.len() - 1] {
+                let last_line = c.text.rsplit('\n').next().unwrap_or_default();
+                assert!(atx_heading(last_line).is_none(), "{c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_markdown_keeps_the_invariants() {
+        const PIECES: &[&str] = &[
+            "```", "~~~", "# ", "## ", "| ", " |", "\n", "\n\n", "  ", "word", "Word. ", "x", "- ",
+            "1. ", "#", "é", "\t",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for round in 0..500 {
+            let mut text = String::new();
+            for _ in 0..80 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(PIECES[(state % PIECES.len() as u64) as usize]);
+            }
+            let max = 1 + round % 13;
+            let config = ChunkConfig {
+                max_tokens: max,
+                overlap_tokens: round % 5,
+            };
+            let chunks = chunk(&text, &config, &words);
+            if text.trim().is_empty() {
+                assert!(chunks.is_empty());
+                continue;
+            }
+            check_invariants(&text, &chunks, max, &words);
+            for c in &chunks {
+                assert_eq!(c.heading, path_at(&text, c.start), "{text:?} {c:?}");
+            }
+        }
     }
 }
