@@ -8,7 +8,7 @@ PYTHON_VENV := $(CACHE)/sdk-venv
 PYTHON := $(PYTHON_VENV)/bin/python
 TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 
-.PHONY: run test lint fmt build release toolchain sdk-venv bench bench-rag clean
+.PHONY: run test lint fmt build release toolchain sdk-venv bench bench-rag eval-retrieval clean
 
 ## Run Warden with the example config (config/warden.toml), with Milvus Lite and the embedding model.
 run: toolchain
@@ -42,6 +42,13 @@ bench: toolchain
 bench-rag: toolchain
 	cargo build --release --locked --bin warden --example bench_rag
 	scripts/bench-rag.sh
+
+## Retrieval quality on the machine's manual pages: hit@1/3/5 and MRR@10 of dense, keyword and
+## hybrid search (and a pure-BM25 baseline) for eval/questions.jsonl, then the search latency of
+## hybrid against dense on 10,000 chunks. Milvus Lite and the embedding model, as in `make test`.
+eval-retrieval: toolchain
+	cargo build --release --locked --bin warden --example eval_retrieval
+	scripts/eval-retrieval.sh
 
 ## The pinned toolchain, made from the machine's own when it is the same version (no download).
 toolchain:

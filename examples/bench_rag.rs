@@ -464,7 +464,11 @@ async fn orchestrate() {
     println!();
     let collection = format!("bench_rag_{}", std::process::id());
     let start = Instant::now();
-    store.create(&collection, DIMENSION).await.unwrap();
+    let full_text = store
+        .create(&collection, DIMENSION)
+        .await
+        .unwrap()
+        .full_text;
     let create_seconds = start.elapsed().as_secs_f64();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut insert_seconds = 0.0;
@@ -479,11 +483,12 @@ async fn orchestrate() {
                 source: format!("bench/doc{}.txt", i / 10),
                 tenant: DEFAULT_TENANT.to_owned(),
                 metadata: serde_json::json!({"title": null}),
+                keywords: format!("Chunk {i} of the synthetic corpus: a short text."),
                 vector: rng.unit_vector(),
             })
             .collect();
         let start = Instant::now();
-        inserted += store.insert(&collection, batch).await.unwrap();
+        inserted += store.insert(&collection, full_text, batch).await.unwrap();
         insert_seconds += start.elapsed().as_secs_f64();
     }
     // Milvus Lite keeps unflushed rows in a Python memtable that every search scans (Warden never

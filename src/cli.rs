@@ -570,6 +570,10 @@ async fn prepare_collections(state: &AppState) {
     let Some(knowledge) = &state.knowledge else {
         return;
     };
+    // Whether Milvus has full-text search is said once, at start-up (the probe logs it).
+    if let Err(err) = knowledge.store.full_text().await {
+        tracing::warn!(error = %err, "cannot tell yet whether Milvus has full-text search");
+    }
     let mut names: Vec<&str> = state
         .config
         .models
@@ -581,7 +585,7 @@ async fn prepare_collections(state: &AppState) {
     for name in names {
         match knowledge.collection(name, true).await {
             Ok(info) => {
-                tracing::info!(collection = %info.name, dimension = info.dimension, "collection ready")
+                tracing::info!(collection = %info.name, dimension = info.dimension, full_text = info.full_text, mode = knowledge.retrieval.mode_of(name).as_str(), "collection ready")
             }
             Err(err) => tracing::warn!(collection = name, error = %err, "collection not ready"),
         }

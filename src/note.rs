@@ -24,6 +24,9 @@ pub struct Source {
     pub doc_id: String,
     pub source: String,
     pub chunk: i64,
+    /// The chunk's section in its document (heading path), when it has one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub section: String,
     pub score: f32,
 }
 
@@ -35,6 +38,12 @@ pub struct RetrievalNote {
     pub sources: Vec<Source>,
     /// Retrieved chunks left out because the guard judged them unsafe.
     pub excluded: usize,
+    /// How it searched (`hybrid`, `dense`, `keyword`), and how it was asked to when that
+    /// differs (a collection without full text is searched dense).
+    pub mode: &'static str,
+    pub requested_mode: &'static str,
+    /// Chunks found but left out to keep the context within `retrieval.context_tokens`.
+    pub over_budget: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -125,10 +134,19 @@ impl Note {
         }
         if let Some(retrieval) = &self.retrieval {
             out.insert("sources".to_owned(), json!(retrieval.sources));
-            out.insert(
-                "retrieval".to_owned(),
-                json!({"collection": retrieval.collection, "status": retrieval.status, "excluded": retrieval.excluded}),
-            );
+            let mut summary = json!({
+                "collection": retrieval.collection,
+                "status": retrieval.status,
+                "excluded": retrieval.excluded,
+                "mode": retrieval.mode,
+            });
+            if retrieval.requested_mode != retrieval.mode {
+                summary["requested_mode"] = json!(retrieval.requested_mode);
+            }
+            if retrieval.over_budget > 0 {
+                summary["over_budget"] = json!(retrieval.over_budget);
+            }
+            out.insert("retrieval".to_owned(), summary);
         }
         Value::Object(out)
     }

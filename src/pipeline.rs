@@ -113,7 +113,13 @@ pub async fn chat(
             (Some(plan), Some(knowledge)) => {
                 let started = Instant::now();
                 let (found, timings) = knowledge
-                    .search_timed(&plan.collection, &caller.tenant, &plan.query, plan.top_k)
+                    .search_timed(
+                        &plan.collection,
+                        &caller.tenant,
+                        &plan.search,
+                        plan.top_k,
+                        plan.mode,
+                    )
                     .await;
                 metrics.stage("retrieval", started.elapsed());
                 metrics.stage("embed", timings.embed);

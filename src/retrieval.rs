@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use crate::auth::Caller;
 use crate::backends::pool::ModelRoute;
-use crate::config::{OnUnavailable, Placement};
+use crate::config::{OnUnavailable, Placement, RetrievalMode};
 use crate::error::ApiError;
 use crate::guard::policy::Policy;
 use crate::guard::{Decision, Guard};
-use crate::knowledge::KnowledgeError;
+use crate::knowledge::{Found, KnowledgeError};
 use crate::note::{RetrievalNote, Source};
 use crate::state::AppState;
-use crate::store::{Hit, StoreError, valid_collection_name};
+use crate::store::{StoreError, valid_collection_name};
 use crate::types::{ChatMessage, ChatRequest, MessageContent, Role, WardenOptions};
 
 /// What to search for one request.
@@ -22,8 +22,53 @@ pub struct Plan {
     pub top_k: usize,
     /// The question: the text of the last user message.
     pub query: String,
+    /// What is searched for: the question, after the previous question when it follows up on
+    /// it (see [`search_text`]).
+    pub search: String,
+    /// `warden.retrieval`, else the collection's mode.
+    pub mode: Option<RetrievalMode>,
     /// The QA template: the model's own, else `[retrieval]`'s.
     pub template: String,
+}
+
+/// Words that point back at something said before ("what about its license?").
+const REFERRING_WORDS: &[&str] = &[
+    "it", "its", "it's", "this", "these", "those", "they", "them", "their", "theirs", "he", "she",
+    "his", "her", "there", "same", "former", "latter", "else",
+];
+/// Openings of a question that continues the one before.
+const CONTINUATIONS: &[&str] = &["and ", "also ", "what about ", "how about ", "then "];
+
+/// Whether a question leans on the one before it to be understood: it opens like a
+/// continuation, points back with a pronoun, or is too short to stand alone.
+pub fn is_follow_up(question: &str) -> bool {
+    let lower = question.trim().to_lowercase();
+    if CONTINUATIONS.iter().any(|c| lower.starts_with(c)) {
+        return true;
+    }
+    let words: Vec<&str> = lower
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.len() <= 2 || words.iter().any(|w| REFERRING_WORDS.contains(w))
+}
+
+/// What to search for, from the conversation: the last user message, with the user message
+/// before it in front when the last one is a follow-up, so that the query stands on its own.
+pub fn search_text(messages: &[ChatMessage]) -> String {
+    let mut questions = messages
+        .iter()
+        .rev()
+        .filter(|m| m.role == Role::User)
+        .map(text_of)
+        .filter(|t| !t.trim().is_empty());
+    let Some(last) = questions.next() else {
+        return String::new();
+    };
+    match questions.next() {
+        Some(previous) if is_follow_up(&last) => format!("{previous}\n{last}"),
+        _ => last,
+    }
 }
 
 fn text_of(message: &ChatMessage) -> String {
@@ -93,6 +138,8 @@ pub fn plan(
         return Ok(None);
     }
     Ok(Some(Plan {
+        search: search_text(&request.messages),
+        mode: options.retrieval,
         collection,
         top_k: options
             .top_k
@@ -112,7 +159,7 @@ pub async fn inject(
     state: &AppState,
     guarded: Option<&(Arc<Guard>, Arc<Policy>)>,
     plan: &Plan,
-    found: Result<Vec<Hit>, KnowledgeError>,
+    found: Result<Found, KnowledgeError>,
     request: &mut ChatRequest,
     request_id: &str,
 ) -> Result<RetrievalNote, ApiError> {
@@ -120,8 +167,12 @@ pub async fn inject(
         return Ok(RetrievalNote::default());
     };
     let config = &knowledge.retrieval;
-    let mut hits = match found {
-        Ok(hits) => hits,
+    let requested = plan
+        .mode
+        .unwrap_or_else(|| config.mode_of(&plan.collection))
+        .as_str();
+    let (mut hits, mode) = match found {
+        Ok(found) => (found.hits, found.mode.as_str()),
         Err(KnowledgeError::Store(StoreError::NoCollection(name))) => {
             return Err(ApiError::NotFound {
                 message: format!("The collection `{name}` does not exist."),
@@ -150,8 +201,9 @@ pub async fn inject(
                 OnUnavailable::AnswerWithout => Ok(RetrievalNote {
                     collection: plan.collection.clone(),
                     status: "unavailable",
-                    sources: Vec::new(),
-                    excluded: 0,
+                    mode: requested,
+                    requested_mode: requested,
+                    ..RetrievalNote::default()
                 }),
             };
         }
@@ -175,6 +227,22 @@ pub async fn inject(
         }
         hits = kept;
     }
+    // The context budget: the best chunks that fit, in order (a chunk too big is passed over
+    // for smaller ones after it).
+    let mut over_budget = 0;
+    if config.context_tokens > 0 {
+        let mut used = 0;
+        hits.retain(|hit| {
+            let tokens = knowledge.embedder.count_tokens_untruncated(&hit.text);
+            if used + tokens > config.context_tokens {
+                over_budget += 1;
+                false
+            } else {
+                used += tokens;
+                true
+            }
+        });
+    }
     if !hits.is_empty() {
         let context = hits
             .iter()
@@ -196,10 +264,14 @@ pub async fn inject(
                 doc_id: h.doc_id.clone(),
                 source: h.source.clone(),
                 chunk: h.chunk_index,
+                section: h.heading.clone(),
                 score: h.score,
             })
             .collect(),
         excluded,
+        mode,
+        requested_mode: requested,
+        over_budget,
     })
 }
 
@@ -232,5 +304,69 @@ fn place(request: &mut ChatRequest, filled: String, placement: Placement) {
                 last.content = Some(MessageContent::Text(filled));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(text: &str) -> ChatMessage {
+        message(Role::User, text)
+    }
+
+    fn message(role: Role, text: &str) -> ChatMessage {
+        ChatMessage {
+            role,
+            content: Some(MessageContent::Text(text.to_owned())),
+            tool_calls: None,
+            tool_call_id: None,
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn follow_ups_are_recognised() {
+        for question in [
+            "what about its license?",
+            "And how do I uninstall it?",
+            "Does this work on Windows?",
+            "Which options do they take?",
+            "why?",
+        ] {
+            assert!(is_follow_up(question), "{question}");
+        }
+        for question in [
+            "How do I list the contents of a tar archive?",
+            "Which command compresses files with the Lempel-Ziv coding?",
+            "What is the default port of the Kestrel K7 admin page?",
+        ] {
+            assert!(!is_follow_up(question), "{question}");
+        }
+    }
+
+    #[test]
+    fn a_follow_up_is_searched_with_the_question_before_it() {
+        let conversation = vec![
+            message(Role::System, "You help with tools."),
+            user("What is ripgrep?"),
+            message(Role::Assistant, "A fast recursive search tool."),
+            user("what about its license?"),
+        ];
+        assert_eq!(
+            search_text(&conversation),
+            "What is ripgrep?\nwhat about its license?"
+        );
+        let standalone = vec![
+            user("What is ripgrep?"),
+            message(Role::Assistant, "A fast recursive search tool."),
+            user("How do I compress a folder with tar?"),
+        ];
+        assert_eq!(
+            search_text(&standalone),
+            "How do I compress a folder with tar?"
+        );
+        assert_eq!(search_text(&[user("what about it?")]), "what about it?");
+        assert_eq!(search_text(&[]), "");
     }
 }

@@ -60,6 +60,9 @@ pub struct WardenOptions {
     /// `false` turns retrieval off for this request.
     #[serde(default)]
     pub rag: Option<bool>,
+    /// How to search: `hybrid`, `dense` or `keyword` (else the collection's mode).
+    #[serde(default)]
+    pub retrieval: Option<crate::config::RetrievalMode>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

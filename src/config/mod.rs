@@ -9,8 +9,8 @@ mod secret;
 
 pub use env::{AppliedOverride, CONFIG_PATH_VAR, Environment, MapEnv, ProcessEnv};
 pub use raw::{
-    BackendKind, Balance, Consistency, DEFAULT_TEMPLATE, Device, LogFormat, OnUnavailable,
-    Placement, PoolingKind, RawConfig,
+    BackendKind, Balance, Consistency, DEFAULT_TEMPLATE, Device, FusionKind, LogFormat,
+    OnUnavailable, Placement, PoolingKind, RawConfig, RetrievalMode,
 };
 pub use secret::Secret;
 
@@ -152,6 +152,41 @@ pub struct RetrievalConfig {
     pub chunk_tokens: usize,
     pub chunk_overlap_tokens: usize,
     pub max_document_bytes: usize,
+    pub mode: RetrievalMode,
+    pub collection_modes: std::collections::BTreeMap<String, RetrievalMode>,
+    pub fusion: Fusion,
+    pub min_keyword_score: f32,
+    pub min_hybrid_score: f32,
+    pub max_chunks_per_doc: usize,
+    pub context_tokens: usize,
+}
+
+/// How hybrid search merges the dense and the keyword lists.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fusion {
+    /// Reciprocal-rank fusion: Σ 1 / (k + rank) over the lists.
+    Rrf { k: u32 },
+    /// Weighted sum of the lists' normalised scores.
+    Weighted { dense: f32, keyword: f32 },
+}
+
+impl RetrievalConfig {
+    /// The mode a collection is searched with unless a request says otherwise.
+    pub fn mode_of(&self, collection: &str) -> RetrievalMode {
+        self.collection_modes
+            .get(collection)
+            .copied()
+            .unwrap_or(self.mode)
+    }
+
+    /// The lowest score kept in a mode.
+    pub fn min_score(&self, mode: RetrievalMode) -> f32 {
+        match mode {
+            RetrievalMode::Dense => self.min_score,
+            RetrievalMode::Keyword => self.min_keyword_score,
+            RetrievalMode::Hybrid => self.min_hybrid_score,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -581,6 +616,31 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
             ),
         ));
     }
+    if r.rrf_k == 0 {
+        return Err(error(
+            "retrieval.rrf_k".to_owned(),
+            "must be at least 1".to_owned(),
+        ));
+    }
+    for (key, weight) in [
+        ("retrieval.dense_weight", r.dense_weight),
+        ("retrieval.keyword_weight", r.keyword_weight),
+    ] {
+        if !(0.0..=1.0).contains(&weight) {
+            return Err(error(key.to_owned(), "must be between 0 and 1".to_owned()));
+        }
+    }
+    if let Some(name) = r
+        .collection_modes
+        .keys()
+        .find(|name| !crate::store::valid_collection_name(name))
+    {
+        return Err(error(
+            format!("retrieval.collection_modes.{name}"),
+            "is not a valid collection name (letters, digits and `_`, starting with a letter)"
+                .to_owned(),
+        ));
+    }
     let retrieval = RetrievalConfig {
         top_k: r.top_k,
         min_score: r.min_score,
@@ -590,6 +650,19 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
         chunk_tokens: r.chunk_tokens,
         chunk_overlap_tokens: r.chunk_overlap_tokens,
         max_document_bytes: r.max_document_bytes,
+        mode: r.mode,
+        collection_modes: r.collection_modes.clone(),
+        fusion: match r.fusion {
+            FusionKind::Rrf => Fusion::Rrf { k: r.rrf_k },
+            FusionKind::Weighted => Fusion::Weighted {
+                dense: r.dense_weight,
+                keyword: r.keyword_weight,
+            },
+        },
+        min_keyword_score: r.min_keyword_score,
+        min_hybrid_score: r.min_hybrid_score,
+        max_chunks_per_doc: r.max_chunks_per_doc,
+        context_tokens: r.context_tokens,
     };
 
     let keys = validate_keys(&raw, env, &models).map_err(|(key, message)| error(key, message))?;

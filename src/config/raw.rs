@@ -226,6 +226,54 @@ pub struct RawRetrieval {
     pub chunk_tokens: usize,
     pub chunk_overlap_tokens: usize,
     pub max_document_bytes: usize,
+    /// How chunks are found: `hybrid` (dense + BM25, fused), `dense` or `keyword`.
+    pub mode: RetrievalMode,
+    /// Modes of particular collections, overriding `mode`.
+    pub collection_modes: std::collections::BTreeMap<String, RetrievalMode>,
+    /// How hybrid search merges its two lists: `rrf` (reciprocal-rank fusion) or `weighted`.
+    pub fusion: FusionKind,
+    /// RRF's k: score = Σ 1 / (k + rank).
+    pub rrf_k: u32,
+    /// Weighted fusion: the dense and keyword lists' weights.
+    pub dense_weight: f32,
+    pub keyword_weight: f32,
+    /// Lowest scores kept, per mode (dense: cosine; keyword: BM25; hybrid: the fused score).
+    pub min_keyword_score: f32,
+    pub min_hybrid_score: f32,
+    /// At most this many chunks of one document per answer (0: no limit).
+    pub max_chunks_per_doc: usize,
+    /// The most tokens of retrieved text injected into one request (0: no limit).
+    pub context_tokens: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrievalMode {
+    /// Dense and full-text (BM25) search, fused; dense alone where the server has no BM25.
+    #[default]
+    Hybrid,
+    /// Embedding similarity only.
+    Dense,
+    /// BM25 full-text ranking only.
+    Keyword,
+}
+
+impl RetrievalMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetrievalMode::Hybrid => "hybrid",
+            RetrievalMode::Dense => "dense",
+            RetrievalMode::Keyword => "keyword",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionKind {
+    #[default]
+    Rrf,
+    Weighted,
 }
 
 /// The notebook's QA prompt: the custom text-QA template of LlamaIndex's prompt documentation
@@ -243,6 +291,19 @@ impl Default for RawRetrieval {
             chunk_tokens: 200,
             chunk_overlap_tokens: 40,
             max_document_bytes: 20 * 1024 * 1024,
+            mode: RetrievalMode::Hybrid,
+            collection_modes: Default::default(),
+            fusion: FusionKind::Rrf,
+            // The RRF paper (Cormack, Clarke & Büttcher, SIGIR 2009) and Milvus use 60; on
+            // `make eval-retrieval` (two lists, ten results) smaller did better, 1 best: see
+            // the README's table. The k sweep is in the README too.
+            rrf_k: 1,
+            dense_weight: 0.5,
+            keyword_weight: 0.5,
+            min_keyword_score: 0.0,
+            min_hybrid_score: 0.0,
+            max_chunks_per_doc: 0,
+            context_tokens: 1500,
         }
     }
 }

@@ -34,6 +34,13 @@ pub struct KnowledgeStatus {
     pub embeddings: Option<String>,
     /// Whether Warden is not ready while Milvus is down (`retrieval.on_unavailable = "fail"`).
     pub required: bool,
+    /// Whether the server has full-text search (BM25), so new collections are searched hybrid:
+    /// `true`, `false` (dense only), or absent while Milvus has not been reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_text: Option<bool>,
+    /// The search mode of collections that do not name their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,14 +88,33 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let milvus_probe = async {
         match &state.knowledge {
             None => None,
-            Some(knowledge) => Some(tokio::time::timeout(timeout, knowledge.store.ping()).await),
+            Some(knowledge) => Some(
+                tokio::time::timeout(timeout, async {
+                    knowledge.store.ping().await?;
+                    // Found out once (the probe's answer is kept), then free.
+                    Ok::<_, crate::store::StoreError>(knowledge.store.full_text().await.ok())
+                })
+                .await,
+            ),
         }
     };
     let (results, milvus) = tokio::join!(futures_util::future::join_all(probes), milvus_probe);
+    let full_text = match &milvus {
+        Some(Ok(Ok(full_text))) => *full_text,
+        _ => None,
+    };
     let knowledge = KnowledgeStatus {
+        full_text,
+        mode: state
+            .knowledge
+            .as_ref()
+            .map(|k| match (k.retrieval.mode, full_text) {
+                (crate::config::RetrievalMode::Dense, _) | (_, Some(false)) => "dense",
+                (mode, _) => mode.as_str(),
+            }),
         milvus: match &milvus {
             None => "disabled",
-            Some(Ok(Ok(()))) => "up",
+            Some(Ok(Ok(_))) => "up",
             Some(_) => "down",
         },
         error: match milvus {

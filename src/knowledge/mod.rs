@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::RetrievalConfig;
+use crate::config::{RetrievalConfig, RetrievalMode};
 use crate::embed::{EmbedError, Embedder};
 use crate::ingest::chunk::{ChunkConfig, chunk};
 use crate::ingest::text::{Format, extract, format_of};
-use crate::store::{ChunkRow, CollectionInfo, Hit, Store, StoreError};
+use crate::store::{ChunkRow, CollectionInfo, Hit, Query, Store, StoreError};
 
 /// The tenant of documents and searches until API keys name one.
 pub const DEFAULT_TENANT: &str = "default";
@@ -64,8 +64,9 @@ pub struct Knowledge {
     pub store: Arc<Store>,
     pub retrieval: RetrievalConfig,
     http: reqwest::Client,
-    /// Collections already checked against the model's dimension, so a search checks once.
-    checked: moka::sync::Cache<String, ()>,
+    /// Collections already checked against the model's dimension (and whether they have full
+    /// text), so a search describes a collection once a minute, not every time.
+    checked: moka::sync::Cache<String, CollectionInfo>,
 }
 
 impl Knowledge {
@@ -102,11 +103,48 @@ impl Knowledge {
         name: &str,
         create: bool,
     ) -> Result<CollectionInfo, KnowledgeError> {
-        match self.store.check(name, self.embedder.dimension).await {
+        let info = match self.store.check(name, self.embedder.dimension).await {
             Err(StoreError::NoCollection(_)) if create => {
-                Ok(self.store.create(name, self.embedder.dimension).await?)
+                self.store.create(name, self.embedder.dimension).await?
             }
-            other => Ok(other?),
+            other => other?,
+        };
+        self.checked.insert(name.to_owned(), info.clone());
+        Ok(info)
+    }
+
+    /// The collection's description, checked against the model, from the cache when fresh.
+    async fn checked(&self, name: &str) -> Result<CollectionInfo, StoreError> {
+        if let Some(info) = self.checked.get(name) {
+            return Ok(info);
+        }
+        let info = self.store.check(name, self.embedder.dimension).await?;
+        self.checked.insert(name.to_owned(), info.clone());
+        Ok(info)
+    }
+
+    /// What is embedded and indexed for a chunk: its text, after the document's title and the
+    /// chunk's heading path, so a chunk deep in a section still says what it is about. When
+    /// that would not fit the model's input, the text alone (never a truncated text).
+    fn indexed_text(&self, title: Option<&str>, heading: &[String], text: &str) -> String {
+        let mut path: Vec<&str> = Vec::new();
+        if let Some(title) = title.map(str::trim).filter(|t| !t.is_empty()) {
+            path.push(title);
+        }
+        for part in heading {
+            // The title is usually the first heading too; say it once.
+            if path.last() != Some(&part.as_str()) && !part.trim().is_empty() {
+                path.push(part);
+            }
+        }
+        if path.is_empty() {
+            return text.to_owned();
+        }
+        let prefixed = format!("{}\n{text}", path.join(" › "));
+        if self.embedder.count_tokens_untruncated(&prefixed) > self.embedder.max_length {
+            text.to_owned()
+        } else {
+            prefixed
         }
     }
 
@@ -118,6 +156,7 @@ impl Knowledge {
         document: &Document,
     ) -> Result<usize, KnowledgeError> {
         let doc_id = doc_id_for(&document.source);
+        let info = self.checked(collection).await?;
         let config = ChunkConfig {
             max_tokens: self.retrieval.chunk_tokens,
             overlap_tokens: self.retrieval.chunk_overlap_tokens,
@@ -125,30 +164,37 @@ impl Knowledge {
         let embedder = &self.embedder;
         let count = |text: &str| embedder.count_tokens_untruncated(text);
         let chunks = chunk(&document.text, &config, &count);
-        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
-        let vectors = if texts.is_empty() {
+        let indexed: Vec<String> = chunks
+            .iter()
+            .map(|c| self.indexed_text(document.title.as_deref(), &c.heading, &c.text))
+            .collect();
+        let vectors = if indexed.is_empty() {
             Vec::new()
         } else {
-            self.embedder.embed_passages(&texts).await?
+            self.embedder.embed_passages(&indexed).await?
         };
-        let metadata = serde_json::json!({"title": document.title});
         let rows: Vec<ChunkRow> = chunks
             .into_iter()
+            .zip(indexed)
             .zip(vectors)
-            .map(|(c, vector)| ChunkRow {
+            .map(|((c, keywords), vector)| ChunkRow {
                 doc_id: doc_id.clone(),
                 chunk_index: c.index as i64,
+                metadata: serde_json::json!({
+                    "title": document.title,
+                    "heading": c.heading.join(" › "),
+                }),
                 text: c.text,
                 source: document.source.clone(),
                 tenant: tenant.to_owned(),
-                metadata: metadata.clone(),
+                keywords,
                 vector,
             })
             .collect();
         self.store
             .delete_document(collection, tenant, &doc_id)
             .await?;
-        Ok(self.store.insert(collection, rows).await?)
+        Ok(self.store.insert(collection, info.full_text, rows).await?)
     }
 
     /// Reads every source (files, folders recursively, http(s) URLs) and ingests what it can;
@@ -266,9 +312,7 @@ impl Knowledge {
         })
     }
 
-    /// The chunks nearest to `query` in a collection, for one tenant. The collection is checked
-    /// against the model (once a minute) so a mismatch is a clear error, not a failed search;
-    /// the check and the query's embedding run at the same time.
+    /// The best chunks for `query` in a collection, for one tenant, in the collection's mode.
     pub async fn search(
         &self,
         collection: &str,
@@ -276,50 +320,131 @@ impl Knowledge {
         query: &str,
         top_k: usize,
     ) -> Result<Vec<Hit>, KnowledgeError> {
-        self.search_timed(collection, tenant, query, top_k).await.0
+        self.search_timed(collection, tenant, query, top_k, None)
+            .await
+            .0
+            .map(|found| found.hits)
     }
 
-    /// [`Knowledge::search`], with the time spent embedding and searching (for metrics).
+    /// The best `top_k` chunks for `query` in a collection, for one tenant, searched in `mode`
+    /// (else the collection's configured mode), with the time spent embedding and searching.
+    ///
+    /// The collection is checked against the model (once a minute) so a mismatch is a clear
+    /// error, not a failed search; the check and the query's embedding run at the same time.
+    /// Keyword and hybrid on a collection (or server) without full text are served dense, and
+    /// the answer says so. Hits below the mode's `min_score` go, then chunks past
+    /// `max_chunks_per_doc` of one document (searching deeper to make up for them).
     pub async fn search_timed(
         &self,
         collection: &str,
         tenant: &str,
         query: &str,
         top_k: usize,
-    ) -> (Result<Vec<Hit>, KnowledgeError>, Timings) {
+        mode: Option<RetrievalMode>,
+    ) -> (Result<Found, KnowledgeError>, Timings) {
         let mut timings = Timings::default();
         let started = std::time::Instant::now();
-        let check = async {
-            if self.checked.get(collection).is_none() {
-                self.store
-                    .check(collection, self.embedder.dimension)
-                    .await?;
-                self.checked.insert(collection.to_owned(), ());
-            }
-            Ok::<(), StoreError>(())
-        };
+        let requested = mode.unwrap_or_else(|| self.retrieval.mode_of(collection));
         let embed = async {
+            if requested == RetrievalMode::Keyword {
+                return (Ok(Arc::new(Vec::new())), std::time::Duration::ZERO);
+            }
             let vector = self.embedder.embed_query(query).await;
             (vector, started.elapsed())
         };
-        let (checked, (vector, embed_time)) = tokio::join!(check, embed);
+        let (checked, (vector, embed_time)) = tokio::join!(self.checked(collection), embed);
         timings.embed = embed_time;
-        if let Err(err) = checked {
-            return (Err(err.into()), timings);
-        }
-        let vector = match vector {
+        let info = match checked {
+            Ok(info) => info,
+            Err(err) => return (Err(err.into()), timings),
+        };
+        let mut vector = match vector {
             Ok(vector) => vector,
             Err(err) => return (Err(err.into()), timings),
+        };
+        let mode = if info.full_text {
+            requested
+        } else {
+            RetrievalMode::Dense
+        };
+        if mode != requested {
+            // Asked for keyword search on a dense-only collection: embed after all.
+            let embedded = std::time::Instant::now();
+            match self.embedder.embed_query(query).await {
+                Ok(embedding) => vector = embedding,
+                Err(err) => return (Err(err.into()), timings),
+            }
+            timings.embed += embedded.elapsed();
+        }
+        let per_doc = self.retrieval.max_chunks_per_doc;
+        // Fused lists are better the deeper each one goes; collapsing needs spare hits.
+        let depth = match (mode, per_doc) {
+            (RetrievalMode::Hybrid, _) | (_, 1..) => (top_k * 3).max(20),
+            _ => top_k,
         };
         let searched = std::time::Instant::now();
         let hits = self
             .store
-            .search(collection, tenant, &vector, top_k, self.retrieval.min_score)
-            .await
-            .map_err(KnowledgeError::from);
+            .search_mode(
+                collection,
+                tenant,
+                Query {
+                    vector: &vector,
+                    text: query,
+                },
+                mode,
+                depth,
+                self.retrieval.fusion,
+            )
+            .await;
         timings.search = searched.elapsed();
-        (hits, timings)
+        let hits = match hits {
+            Ok(hits) => hits,
+            Err(err) => return (Err(err.into()), timings),
+        };
+        let hits = select(hits, self.retrieval.min_score(mode), per_doc, top_k);
+        (
+            Ok(Found {
+                hits,
+                mode,
+                requested,
+            }),
+            timings,
+        )
     }
+}
+
+/// What a search found, and how it searched.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub hits: Vec<Hit>,
+    /// The mode used: `requested`, or dense where the collection has no full text.
+    pub mode: RetrievalMode,
+    pub requested: RetrievalMode,
+}
+
+/// The best `top_k` of `hits` (best first) at or above `min_score`, at most `per_doc` of one
+/// document (0: any number).
+pub fn select(hits: Vec<Hit>, min_score: f32, per_doc: usize, top_k: usize) -> Vec<Hit> {
+    let mut taken: std::collections::HashMap<String, usize> = Default::default();
+    let mut kept = Vec::with_capacity(top_k);
+    for hit in hits {
+        if kept.len() == top_k {
+            break;
+        }
+        if hit.score < min_score {
+            continue;
+        }
+        if per_doc > 0 {
+            let count = taken.entry(hit.doc_id.clone()).or_default();
+            if *count == per_doc {
+                continue;
+            }
+            *count += 1;
+        }
+        kept.push(hit);
+    }
+    kept
 }
 
 /// Where the time of one search went.
@@ -407,6 +532,45 @@ fn files_under(path: &Path) -> Result<Vec<PathBuf>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hit(doc: &str, chunk: i64, score: f32) -> Hit {
+        Hit {
+            doc_id: doc.to_owned(),
+            chunk_index: chunk,
+            text: String::new(),
+            source: String::new(),
+            heading: String::new(),
+            score,
+        }
+    }
+
+    #[test]
+    fn selection_keeps_the_best_above_the_threshold_and_few_per_document() {
+        let hits = vec![
+            hit("a", 0, 0.9),
+            hit("a", 1, 0.8),
+            hit("a", 2, 0.7),
+            hit("b", 0, 0.6),
+            hit("c", 0, 0.5),
+            hit("d", 0, 0.1),
+        ];
+        let picked = |min, per_doc, top_k| -> Vec<(String, i64)> {
+            select(hits.clone(), min, per_doc, top_k)
+                .into_iter()
+                .map(|h| (h.doc_id, h.chunk_index))
+                .collect()
+        };
+        let pairs = |list: &[(&str, i64)]| -> Vec<(String, i64)> {
+            list.iter().map(|(d, c)| (d.to_string(), *c)).collect()
+        };
+        assert_eq!(picked(0.0, 0, 3), pairs(&[("a", 0), ("a", 1), ("a", 2)]));
+        assert_eq!(picked(0.0, 1, 3), pairs(&[("a", 0), ("b", 0), ("c", 0)]));
+        assert_eq!(
+            picked(0.0, 2, 4),
+            pairs(&[("a", 0), ("a", 1), ("b", 0), ("c", 0)])
+        );
+        assert_eq!(picked(0.55, 1, 10), pairs(&[("a", 0), ("b", 0)]));
+    }
 
     #[test]
     fn document_ids_follow_the_source() {

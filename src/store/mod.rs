@@ -5,6 +5,12 @@
 //! Milvus Lite and the Milvus standalone engine; the rough edges of each are handled here (index
 //! creation is polled, deletes and fetches use literal filters, results are read by column,
 //! collections are loaded before they are searched).
+//!
+//! Where the server has Milvus's full-text search (Milvus ≥ 2.5, Milvus Lite 3.x), a collection
+//! also has `keywords` (the chunk's text with its heading path, run through the server's
+//! analyzer) and `sparse` (its BM25 vector, computed by the server from `keywords`), so it can be
+//! searched by keyword and hybrid. Whether the server has it is found out by trying once
+//! ([`Store::full_text`]); a collection made without it is searched dense only.
 
 use milvus::v2::prelude::*;
 use serde_json::json;
@@ -12,7 +18,7 @@ use std::collections::HashMap;
 use std::result::Result;
 use std::time::Duration;
 
-use crate::config::{Consistency, MilvusConfig};
+use crate::config::{Consistency, Fusion, MilvusConfig, RetrievalMode};
 
 pub const FIELD_ID: &str = "id";
 pub const FIELD_DOC: &str = "doc_id";
@@ -22,6 +28,21 @@ pub const FIELD_SOURCE: &str = "source";
 pub const FIELD_TENANT: &str = "tenant";
 pub const FIELD_METADATA: &str = "metadata";
 pub const FIELD_VECTOR: &str = "vector";
+pub const FIELD_KEYWORDS: &str = "keywords";
+pub const FIELD_SPARSE: &str = "sparse";
+const BM25_FUNCTION: &str = "keywords_bm25";
+/// Words the full-text index leaves out: Lucene's English stop set (`EnglishAnalyzer`), and
+/// the pronouns and question words users type ("how do I …"). They say nothing about which
+/// chunk answers, and each one would match nearly every chunk (Milvus Lite scores every chunk
+/// a query term matches, in Python: "the" alone cost milliseconds on 10,000 chunks).
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it",
+    "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these",
+    "they", "this", "to", "was", "will", "with", // Lucene's set ends here
+    "how", "what", "which", "when", "where", "who", "why", "do", "does", "did", "can", "could",
+    "should", "would", "i", "me", "my", "you", "your", "we", "our", "its", "from", "so", "than",
+    "been", "has", "have", "had", "am", "want", "need", "way",
+];
 
 const MAX_TEXT: u32 = 65_535;
 const MAX_SHORT: u32 = 2_048;
@@ -63,6 +84,8 @@ pub struct ChunkRow {
     pub source: String,
     pub tenant: String,
     pub metadata: serde_json::Value,
+    /// What the BM25 index reads (the text with its heading path); unused without full text.
+    pub keywords: String,
     pub vector: Vec<f32>,
 }
 
@@ -73,6 +96,8 @@ pub struct Hit {
     pub chunk_index: i64,
     pub text: String,
     pub source: String,
+    /// The chunk's section: its heading path joined with " › " (empty when it has none).
+    pub heading: String,
     pub score: f32,
 }
 
@@ -80,6 +105,15 @@ pub struct Hit {
 pub struct CollectionInfo {
     pub name: String,
     pub dimension: u32,
+    /// Whether it has the BM25 index, so it can be searched by keyword and hybrid.
+    pub full_text: bool,
+}
+
+/// What to search for: the question's embedding and its text.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    pub vector: &'a [f32],
+    pub text: &'a str,
 }
 
 pub struct Store {
@@ -88,6 +122,8 @@ pub struct Store {
     client: tokio::sync::OnceCell<ClientV2>,
     consistency: ConsistencyLevel,
     timeout: Duration,
+    /// Whether the server has full-text search, once found out.
+    full_text: tokio::sync::OnceCell<bool>,
 }
 
 /// Collection names are used in filters and paths: letters, digits and `_`, starting with a
@@ -131,6 +167,7 @@ impl Store {
                 Consistency::Eventually => ConsistencyLevel::Eventually,
             },
             timeout: config.timeout,
+            full_text: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -230,9 +267,13 @@ impl Store {
             .find(|f| f.get_name() == FIELD_VECTOR)
             .map(|f| f.get_dimension())
             .unwrap_or(0);
+        let full_text = [FIELD_KEYWORDS, FIELD_SPARSE]
+            .iter()
+            .all(|required| fields.iter().any(|f| f.get_name() == *required));
         Ok(CollectionInfo {
             name: name.to_owned(),
             dimension,
+            full_text,
         })
     }
 
@@ -249,8 +290,88 @@ impl Store {
         Ok(info)
     }
 
-    /// Creates a collection for vectors of `dimension`, indexes and loads it.
+    /// Whether the server has full-text search (BM25 functions and sparse vectors), found out
+    /// once by making, filling, searching and dropping a small collection: Milvus 2.3.5 accepts
+    /// such a collection but fails to index or fill it, so only the whole round trip tells.
+    /// An unreachable server is an error (asked again next time), not a "no".
+    pub async fn full_text(&self) -> Result<bool, StoreError> {
+        self.full_text
+            .get_or_try_init(|| async {
+                let probe = format!(
+                    "warden_full_text_probe_{}_{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.subsec_nanos())
+                        .unwrap_or_default()
+                );
+                let outcome = self.try_full_text(&probe).await;
+                if self.has_collection(&probe).await.unwrap_or(false)
+                    && let Err(error) = self.drop_collection(&probe).await
+                {
+                    tracing::warn!(%error, collection = probe, "could not drop the full-text probe collection");
+                }
+                match outcome {
+                    Ok(()) => {
+                        tracing::info!(uri = %self.config.uri, "Milvus has full-text search: collections get a BM25 index, hybrid retrieval is on");
+                        Ok(true)
+                    }
+                    Err(StoreError::Unavailable(message)) if self.ping().await.is_ok() => {
+                        tracing::warn!(uri = %self.config.uri, reason = %message, "Milvus has no full-text search (BM25 needs Milvus 2.5 or later, or Milvus Lite 3): retrieval is dense only, hybrid and keyword requests are served dense");
+                        Ok(false)
+                    }
+                    Err(error) => Err(error),
+                }
+            })
+            .await
+            .copied()
+    }
+
+    async fn try_full_text(&self, probe: &str) -> Result<(), StoreError> {
+        self.create_with(probe, 2, true).await?;
+        self.insert(
+            probe,
+            true,
+            vec![ChunkRow {
+                doc_id: "probe".to_owned(),
+                chunk_index: 0,
+                text: "full text probe".to_owned(),
+                source: "probe".to_owned(),
+                tenant: "probe".to_owned(),
+                metadata: json!({}),
+                keywords: "full text probe".to_owned(),
+                vector: vec![1.0, 0.0],
+            }],
+        )
+        .await?;
+        self.search_mode(
+            probe,
+            "probe",
+            Query {
+                vector: &[1.0, 0.0],
+                text: "probe",
+            },
+            RetrievalMode::Keyword,
+            1,
+            Fusion::Rrf { k: 60 },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Creates a collection for vectors of `dimension`, with the BM25 index where the server
+    /// has full-text search, indexes and loads it.
     pub async fn create(&self, name: &str, dimension: usize) -> Result<CollectionInfo, StoreError> {
+        let full_text = self.full_text().await?;
+        self.create_with(name, dimension, full_text).await
+    }
+
+    async fn create_with(
+        &self,
+        name: &str,
+        dimension: usize,
+        full_text: bool,
+    ) -> Result<CollectionInfo, StoreError> {
         if !valid_collection_name(name) {
             return Err(StoreError::Invalid(format!(
                 "`{name}` is not a valid collection name (letters, digits and `_`, starting with a letter)"
@@ -265,7 +386,7 @@ impl Store {
                 .data_type(DataType::VarChar)
                 .max_length(max)
         };
-        let schema = CollectionSchema::new()
+        let mut schema = CollectionSchema::new()
             .add_field(
                 FieldSchema::new()
                     .name(FIELD_ID)
@@ -293,6 +414,29 @@ impl Store {
                     .data_type(DataType::FloatVector)
                     .dimension(dimension as u32),
             );
+        if full_text {
+            schema = schema
+                .add_field(
+                    varchar(FIELD_KEYWORDS, MAX_TEXT)
+                        .enable_analyzer(true)
+                        .analyzer_params(json!({
+                            "tokenizer": "standard",
+                            "filter": ["lowercase", {"type": "stop", "stop_words": STOP_WORDS}],
+                        })),
+                )
+                .add_field(
+                    FieldSchema::new()
+                        .name(FIELD_SPARSE)
+                        .data_type(DataType::SparseFloatVector),
+                )
+                .add_function(
+                    Function::new()
+                        .name(BM25_FUNCTION)
+                        .function_type(FunctionType::Bm25)
+                        .input_fields([FIELD_KEYWORDS])
+                        .output_fields([FIELD_SPARSE]),
+                );
+        }
         let request = CreateCollectionRequest::builder()
             .collection_name(name)
             .schema(schema)
@@ -301,29 +445,38 @@ impl Store {
             .map_err(failed)?;
         self.limit(self.client().await?.create_collection(request))
             .await?;
-        self.create_index(name).await?;
+        let dense_index = IndexParam::new()
+            .field_name(FIELD_VECTOR)
+            .index_type(IndexType::Hnsw)
+            .metric_type(MetricType::Ip)
+            .extra_params(HashMap::from([
+                ("M".to_owned(), "16".to_owned()),
+                ("efConstruction".to_owned(), "200".to_owned()),
+            ]));
+        self.create_index(name, dense_index).await?;
+        if full_text {
+            let sparse_index = IndexParam::new()
+                .field_name(FIELD_SPARSE)
+                .index_type(IndexType::SparseInvertedIndex)
+                .metric_type(MetricType::Bm25);
+            self.create_index(name, sparse_index).await?;
+        }
         self.load(name).await?;
         Ok(CollectionInfo {
             name: name.to_owned(),
             dimension: dimension as u32,
+            full_text,
         })
     }
 
-    /// Inner-product HNSW on normalised vectors (cosine); created without waiting (Milvus Lite
-    /// answers the waiting form with Unimplemented) and polled until built.
-    async fn create_index(&self, name: &str) -> Result<(), StoreError> {
+    /// An index (the dense one: inner-product HNSW on normalised vectors, i.e. cosine), created
+    /// without waiting (Milvus Lite answers the waiting form with Unimplemented) and polled
+    /// until built.
+    async fn create_index(&self, name: &str, index: IndexParam) -> Result<(), StoreError> {
+        let field = index.get_field_name().to_owned();
         let request = CreateIndexRequest::builder()
             .collection_name(name)
-            .index_param(
-                IndexParam::new()
-                    .field_name(FIELD_VECTOR)
-                    .index_type(IndexType::Hnsw)
-                    .metric_type(MetricType::Ip)
-                    .extra_params(HashMap::from([
-                        ("M".to_owned(), "16".to_owned()),
-                        ("efConstruction".to_owned(), "200".to_owned()),
-                    ])),
-            )
+            .index_param(index)
             .sync(false)
             .build()
             .map_err(failed)?;
@@ -332,7 +485,7 @@ impl Store {
         for _ in 0..300 {
             let request = DescribeIndexRequest::builder()
                 .collection_name(name)
-                .field_name(FIELD_VECTOR)
+                .field_name(field.as_str())
                 .build()
                 .map_err(failed)?;
             let response = self
@@ -487,13 +640,20 @@ impl Store {
         Ok(response.results().get_row_count() as usize)
     }
 
-    pub async fn insert(&self, collection: &str, rows: Vec<ChunkRow>) -> Result<usize, StoreError> {
+    /// Stores rows; `full_text` says whether the collection has the BM25 field (see
+    /// [`CollectionInfo::full_text`]), which then gets each row's `keywords`.
+    pub async fn insert(
+        &self,
+        collection: &str,
+        full_text: bool,
+        rows: Vec<ChunkRow>,
+    ) -> Result<usize, StoreError> {
         let mut inserted = 0;
         for batch in rows.chunks(INSERT_BATCH) {
             let values: Vec<serde_json::Value> = batch
                 .iter()
                 .map(|row| {
-                    json!({
+                    let mut value = json!({
                         FIELD_DOC: row.doc_id,
                         FIELD_CHUNK: row.chunk_index,
                         FIELD_TEXT: truncate(&row.text, MAX_TEXT as usize),
@@ -501,7 +661,11 @@ impl Store {
                         FIELD_TENANT: row.tenant,
                         FIELD_METADATA: row.metadata,
                         FIELD_VECTOR: row.vector,
-                    })
+                    });
+                    if full_text {
+                        value[FIELD_KEYWORDS] = json!(truncate(&row.keywords, MAX_TEXT as usize));
+                    }
+                    value
                 })
                 .collect();
             let request = InsertRequest::builder()
@@ -515,7 +679,8 @@ impl Store {
         Ok(inserted)
     }
 
-    /// The `top_k` chunks of `tenant` nearest to `vector`, best first, at or above `min_score`.
+    /// The `top_k` chunks of `tenant` nearest to `vector`, best first, at or above `min_score`
+    /// (dense search).
     pub async fn search(
         &self,
         collection: &str,
@@ -524,34 +689,105 @@ impl Store {
         top_k: usize,
         min_score: f32,
     ) -> Result<Vec<Hit>, StoreError> {
-        let request = SearchRequest::builder()
-            .collection_name(collection)
-            .vector_field(FIELD_VECTOR)
-            .vectors(SearchVectors::Float(vec![vector.to_vec()]))
-            .filter(format!("{FIELD_TENANT} == {}", literal(tenant)))
-            .output_fields([FIELD_DOC, FIELD_CHUNK, FIELD_TEXT, FIELD_SOURCE])
-            .limit(top_k as i64)
-            .extra_params(HashMap::from([(
-                "ef".to_owned(),
-                (top_k.max(16) * 4).to_string(),
-            )]))
-            .consistency_level(self.consistency)
-            .build()
-            .map_err(failed)?;
-        let response = match self
-            .limit(self.client().await?.search(request.clone()))
-            .await
-        {
-            // After a server restart a collection is not loaded: load it and ask again.
-            Err(StoreError::Unavailable(message)) if needs_load(&message) => {
-                self.load(collection).await?;
-                self.limit(self.client().await?.search(request)).await?
+        let query = Query { vector, text: "" };
+        let mut hits = self
+            .search_mode(
+                collection,
+                tenant,
+                query,
+                RetrievalMode::Dense,
+                top_k,
+                Fusion::Rrf { k: 60 },
+            )
+            .await?;
+        hits.retain(|hit| hit.score >= min_score);
+        Ok(hits)
+    }
+
+    /// The `limit` best chunks of `tenant` for `query` in a mode, best first. Keyword and
+    /// hybrid need a collection with full text (see [`CollectionInfo::full_text`]). Scores:
+    /// dense, the cosine similarity; keyword, the BM25 score (Milvus Lite answers it negated,
+    /// it is turned back); hybrid, the fused score.
+    pub async fn search_mode(
+        &self,
+        collection: &str,
+        tenant: &str,
+        query: Query<'_>,
+        mode: RetrievalMode,
+        limit: usize,
+        fusion: Fusion,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let filter = format!("{FIELD_TENANT} == {}", literal(tenant));
+        let output = [
+            FIELD_DOC,
+            FIELD_CHUNK,
+            FIELD_TEXT,
+            FIELD_SOURCE,
+            FIELD_METADATA,
+        ];
+        let dense_params = HashMap::from([("ef".to_owned(), (limit.max(16) * 4).to_string())]);
+        let response = match mode {
+            RetrievalMode::Dense | RetrievalMode::Keyword => {
+                let builder = SearchRequest::builder()
+                    .collection_name(collection)
+                    .filter(filter)
+                    .output_fields(output)
+                    .limit(limit as i64)
+                    .consistency_level(self.consistency);
+                let request = if mode == RetrievalMode::Dense {
+                    builder
+                        .vector_field(FIELD_VECTOR)
+                        .vectors(SearchVectors::Float(vec![query.vector.to_vec()]))
+                        .extra_params(dense_params)
+                } else {
+                    builder
+                        .vector_field(FIELD_SPARSE)
+                        .vectors(SearchVectors::EmbeddedText(vec![query.text.to_owned()]))
+                        .metric_type(MetricType::Bm25)
+                }
+                .build()
+                .map_err(failed)?;
+                self.loaded(collection, || self.client_search(request.clone()))
+                    .await?
             }
-            other => other?,
+            RetrievalMode::Hybrid => {
+                let dense = SubSearchRequest::builder()
+                    .vector_field(FIELD_VECTOR)
+                    .vectors(SearchVectors::Float(vec![query.vector.to_vec()]))
+                    .filter(filter.clone())
+                    .limit(limit as i64)
+                    .metric_type(MetricType::Ip)
+                    .extra_params(dense_params)
+                    .build()
+                    .map_err(failed)?;
+                let keyword = SubSearchRequest::builder()
+                    .vector_field(FIELD_SPARSE)
+                    .vectors(SearchVectors::EmbeddedText(vec![query.text.to_owned()]))
+                    .filter(filter)
+                    .limit(limit as i64)
+                    .metric_type(MetricType::Bm25)
+                    .build()
+                    .map_err(failed)?;
+                let builder = HybridSearchRequest::builder()
+                    .collection_name(collection)
+                    .sub_requests(vec![dense, keyword])
+                    .output_fields(output)
+                    .limit(limit as i64)
+                    .consistency_level(self.consistency);
+                let request = match fusion {
+                    Fusion::Rrf { k } => builder.rerank(RRFRerank::new().k(i64::from(k))),
+                    Fusion::Weighted { dense, keyword } => {
+                        builder.rerank(WeightedRerank::new().weights(vec![dense, keyword]))
+                    }
+                }
+                .build()
+                .map_err(failed)?;
+                self.loaded(collection, || self.client_hybrid_search(request.clone()))
+                    .await?
+            }
         };
         let mut hits = Vec::new();
         for result in response.results() {
-            let scores = result.get_scores();
             let strings = |name: &str| match result.get_output_field(name) {
                 Some(FieldData::VarChar { values, .. }) => values.clone(),
                 _ => Vec::new(),
@@ -560,26 +796,68 @@ impl Store {
                 Some(FieldData::Int64 { values, .. }) => values.clone(),
                 _ => Vec::new(),
             };
+            let metadata = match result.get_output_field(FIELD_METADATA) {
+                Some(FieldData::Json { values, .. }) => values.clone(),
+                _ => Vec::new(),
+            };
             let (docs, texts, sources) = (
                 strings(FIELD_DOC),
                 strings(FIELD_TEXT),
                 strings(FIELD_SOURCE),
             );
-            for (i, score) in scores.iter().enumerate() {
-                if *score < min_score {
-                    continue;
-                }
+            for (i, score) in result.get_scores().iter().enumerate() {
+                let score = match mode {
+                    RetrievalMode::Keyword => score.abs(),
+                    _ => *score,
+                };
                 hits.push(Hit {
                     doc_id: docs.get(i).cloned().unwrap_or_default(),
                     chunk_index: chunks.get(i).copied().unwrap_or_default(),
                     text: texts.get(i).cloned().unwrap_or_default(),
                     source: sources.get(i).cloned().unwrap_or_default(),
-                    score: *score,
+                    heading: metadata
+                        .get(i)
+                        .and_then(|m| m.get("heading"))
+                        .and_then(|h| h.as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    score,
                 });
             }
         }
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
         Ok(hits)
+    }
+
+    async fn client_search(&self, request: SearchRequest) -> Result<SearchResponse, StoreError> {
+        self.limit(self.client().await?.search(request)).await
+    }
+
+    async fn client_hybrid_search(
+        &self,
+        request: HybridSearchRequest,
+    ) -> Result<SearchResponse, StoreError> {
+        self.limit(self.client().await?.hybrid_search(request))
+            .await
+    }
+
+    /// Runs a search; after a server restart a collection is not loaded: load it and ask again.
+    async fn loaded<F, Fut>(
+        &self,
+        collection: &str,
+        search: F,
+    ) -> Result<SearchResponse, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<SearchResponse, StoreError>>,
+    {
+        match search().await {
+            Err(StoreError::Unavailable(message)) if needs_load(&message) => {
+                self.load(collection).await?;
+                search().await
+            }
+            other => other,
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 use std::path::Path;
-use warden::config::{Config, ConfigError, MapEnv};
+use warden::config::{Config, ConfigError, Fusion, MapEnv, RetrievalMode};
 
 const VALID: &str = r#"
 [server]
@@ -160,4 +160,44 @@ fn models_must_be_unique_and_served() {
         "targets = []",
     ));
     assert_eq!(err.key.as_deref(), Some("models[0].targets"));
+}
+
+#[test]
+fn retrieval_modes_and_fusion_are_checked_with_their_keys() {
+    let with = |retrieval: &str| format!("{VALID}\n[retrieval]\n{retrieval}\n");
+    let config = parse(
+        &with("mode = \"keyword\"\nfusion = \"weighted\"\ndense_weight = 0.3\nkeyword_weight = 0.7\ncollection_modes = { manuals = \"dense\" }"),
+        &env(),
+    )
+    .unwrap();
+    let retrieval = &config.retrieval;
+    assert_eq!(retrieval.mode_of("manuals"), RetrievalMode::Dense);
+    assert_eq!(retrieval.mode_of("other"), RetrievalMode::Keyword);
+    assert_eq!(
+        retrieval.fusion,
+        Fusion::Weighted {
+            dense: 0.3,
+            keyword: 0.7
+        }
+    );
+    let defaults = parse(VALID, &env()).unwrap().retrieval;
+    assert_eq!(defaults.mode, RetrievalMode::Hybrid);
+    assert_eq!(defaults.fusion, Fusion::Rrf { k: 1 });
+
+    let err = error(&with("mode = \"semantic\""));
+    assert_eq!(err.key.as_deref(), Some("retrieval.mode"));
+    let err = error(&with("collection_modes = { manuals = \"fuzzy\" }"));
+    assert_eq!(
+        err.key.as_deref(),
+        Some("retrieval.collection_modes.manuals")
+    );
+    let err = error(&with("collection_modes = { \"bad-name\" = \"dense\" }"));
+    assert_eq!(
+        err.key.as_deref(),
+        Some("retrieval.collection_modes.bad-name")
+    );
+    let err = error(&with("keyword_weight = 1.5"));
+    assert_eq!(err.key.as_deref(), Some("retrieval.keyword_weight"));
+    let err = error(&with("rrf_k = 0"));
+    assert_eq!(err.key.as_deref(), Some("retrieval.rrf_k"));
 }

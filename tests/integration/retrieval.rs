@@ -308,6 +308,43 @@ async fn paraphrases_score_clearly_above_unrelated_sentences() {
 }
 
 #[tokio::test]
+#[ignore = "needs the embedding model; `make test` runs it"]
+async fn text_past_the_shipped_tokenizers_128_tokens_still_counts_in_the_embedding() {
+    // The shipped tokenizer.json of all-MiniLM-L6-v2 truncates at 128 tokens; the model takes
+    // 256 and Warden's chunks go up to 200. A chunk's tail must reach the embedding.
+    let knowledge = knowledge().await;
+    let e = &knowledge.embedder;
+    let head: String = (0..14)
+        .map(|i| format!("Step {i} of the router setup needs the admin password. "))
+        .collect();
+    let tail = "Tomatoes want deep watering twice a week and nitrogen for yellow leaves.";
+    let whole = format!("{head}{tail}");
+    let (head_tokens, whole_tokens) = (
+        e.count_tokens_untruncated(&head),
+        e.count_tokens_untruncated(&whole),
+    );
+    assert!(
+        head_tokens > 128 && whole_tokens < 200,
+        "head {head_tokens} tokens, whole {whole_tokens}"
+    );
+    let v = e
+        .embed_passages(&[head.clone(), whole.clone(), tail.to_owned()])
+        .await
+        .unwrap();
+    let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    // Cut at 128 tokens, `whole` would embed exactly as `head` does.
+    assert!(
+        cosine(&v[0], &v[1]) < 0.995,
+        "the tail changed nothing: {}",
+        cosine(&v[0], &v[1])
+    );
+    assert!(
+        cosine(&v[1], &v[2]) > cosine(&v[0], &v[2]),
+        "the tail's topic is in the whole's embedding"
+    );
+}
+
+#[tokio::test]
 #[ignore = "needs Milvus and the embedding model; `make test` runs it"]
 async fn an_unsafe_retrieved_chunk_is_left_out_of_the_context() {
     let knowledge = knowledge().await;
@@ -754,4 +791,132 @@ async fn asking_for_cuda_where_it_cannot_load_is_a_start_up_error() {
         Err(err) => err,
     };
     assert!(err.to_lowercase().contains("cuda"), "{err}");
+}
+
+#[tokio::test]
+#[ignore = "needs Milvus and the embedding model; `make test` runs it"]
+async fn chat_requests_search_in_their_mode_within_the_limits_of_the_config() {
+    let full_text = crate::store::server_has_full_text();
+    let knowledge = knowledge().await;
+    let collection = unique("modes");
+    let dir = write_corpus("modes");
+    std::fs::write(
+        dir.join("errors.md"),
+        "# Kestrel error codes\n\n## Boot errors\n\nERR_K7_0042 means the firmware image failed its checksum: reflash it from the recovery menu.\n\n## Network errors\n\nERR_K7_0077 means the WAN cable is unplugged.",
+    )
+    .unwrap();
+    knowledge.collection(&collection, true).await.unwrap();
+    let report = knowledge
+        .ingest_sources(
+            &collection,
+            DEFAULT_TENANT,
+            &[dir.display().to_string()],
+            |_, _, _| {},
+        )
+        .await;
+    assert_eq!(report.documents, 4, "{report:?}");
+
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    let config = format!(
+        "{}\n{}[retrieval]\ntop_k = 3\nmax_chunks_per_doc = 1\ncontext_tokens = 70\n",
+        config_for(&[&upstream], "").replace(
+            "balance = \"round_robin\"",
+            &format!("balance = \"round_robin\"\ncollection = \"{collection}\"")
+        ),
+        knowledge_config()
+    );
+    let warden = Warden::start(&config).await;
+    let ask = |question: &str, mode: Option<&str>| {
+        let mut body =
+            json!({"model": "llama3.2", "messages": [{"role": "user", "content": question}]});
+        if let Some(mode) = mode {
+            body["warden"] = json!({"retrieval": mode});
+        }
+        body
+    };
+
+    // The default mode is hybrid where the server has full text, else dense (and it says so).
+    let body: serde_json::Value = warden
+        .post(
+            "/v1/chat/completions",
+            ask("What does ERR_K7_0042 mean?", None),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let retrieval = &body["warden"]["retrieval"];
+    if full_text {
+        assert_eq!(retrieval["mode"], "hybrid", "{body}");
+        assert!(retrieval.get("requested_mode").is_none(), "{body}");
+    } else {
+        assert_eq!(retrieval["mode"], "dense", "{body}");
+        assert_eq!(retrieval["requested_mode"], "hybrid", "{body}");
+    }
+    let sources = body["warden"]["sources"].as_array().unwrap();
+    assert!(
+        sources[0]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("errors.md"),
+        "{body}"
+    );
+    // The chunk's section, from the document's headings.
+    assert!(
+        sources[0]["section"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Kestrel error codes"),
+        "{body}"
+    );
+    // At most one chunk per document, and within the context budget.
+    let mut docs: Vec<&str> = sources
+        .iter()
+        .map(|s| s["doc_id"].as_str().unwrap())
+        .collect();
+    docs.dedup();
+    assert_eq!(docs.len(), sources.len(), "{body}");
+    let system = upstream.last_body()["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(system.contains("ERR_K7_0042"), "{system}");
+    let context_tokens = knowledge.embedder.count_tokens_untruncated(
+        system
+            .split("---------------------\n")
+            .nth(1)
+            .unwrap_or_default(),
+    );
+    assert!(
+        context_tokens <= 70,
+        "context of {context_tokens} tokens: {system}"
+    );
+
+    // Keyword mode per request: exact codes are found by their words alone.
+    let body: serde_json::Value = warden
+        .post("/v1/chat/completions", ask("ERR_K7_0077", Some("keyword")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let retrieval = &body["warden"]["retrieval"];
+    if full_text {
+        assert_eq!(retrieval["mode"], "keyword", "{body}");
+        let sources = body["warden"]["sources"].as_array().unwrap();
+        assert_eq!(sources.len(), 1, "only one document has the code: {body}");
+        assert!(
+            sources[0]["source"]
+                .as_str()
+                .unwrap()
+                .ends_with("errors.md")
+        );
+    } else {
+        assert_eq!(retrieval["mode"], "dense", "{body}");
+        assert_eq!(retrieval["requested_mode"], "keyword", "{body}");
+    }
+    let bad = warden
+        .post("/v1/chat/completions", ask("anything", Some("fuzzy")))
+        .await;
+    assert_eq!(bad.status(), 400);
+    knowledge.store.drop_collection(&collection).await.unwrap();
 }

@@ -2,8 +2,8 @@
 //! them and names them in MILVUS_TEST_URI.
 
 use std::time::Duration;
-use warden::config::{Consistency, MilvusConfig};
-use warden::store::{ChunkRow, Store, StoreError};
+use warden::config::{Consistency, Fusion, MilvusConfig, RetrievalMode};
+use warden::store::{ChunkRow, Query, Store, StoreError};
 
 pub fn milvus_uri() -> String {
     std::env::var("MILVUS_TEST_URI")
@@ -44,6 +44,7 @@ fn row(doc: &str, index: i64, tenant: &str, hot: usize) -> ChunkRow {
         source: format!("file:///{doc}.txt"),
         tenant: tenant.to_owned(),
         metadata: serde_json::json!({"title": doc}),
+        keywords: format!("chunk {index} of {doc}"),
         vector: unit(8, hot),
     }
 }
@@ -53,7 +54,7 @@ fn row(doc: &str, index: i64, tenant: &str, hot: usize) -> ChunkRow {
 async fn chunks_are_stored_searched_within_a_tenant_and_deleted() {
     let store = store().await;
     let name = unique("store");
-    store.create(&name, 8).await.unwrap();
+    let info = store.create(&name, 8).await.unwrap();
     assert!(matches!(
         store.create(&name, 8).await,
         Err(StoreError::Exists(_))
@@ -61,6 +62,7 @@ async fn chunks_are_stored_searched_within_a_tenant_and_deleted() {
     let inserted = store
         .insert(
             &name,
+            info.full_text,
             vec![
                 row("a", 0, "t1", 0),
                 row("a", 1, "t1", 1),
@@ -105,4 +107,132 @@ async fn chunks_are_stored_searched_within_a_tenant_and_deleted() {
     ));
     store.drop_collection(&name).await.unwrap();
     assert!(!store.has_collection(&name).await.unwrap());
+}
+
+/// Whether the server under test has full-text search, as `make test` knows it.
+pub fn server_has_full_text() -> bool {
+    match std::env::var("MILVUS_TEST_FULL_TEXT").as_deref() {
+        Ok("yes") => true,
+        Ok("no") => false,
+        _ => panic!("MILVUS_TEST_FULL_TEXT must say yes or no (make test sets it)"),
+    }
+}
+
+fn keyword_row(doc: &str, tenant: &str, text: &str, hot: usize) -> ChunkRow {
+    ChunkRow {
+        keywords: text.to_owned(),
+        text: text.to_owned(),
+        ..row(doc, 0, tenant, hot)
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Milvus (MILVUS_TEST_URI); `make test` runs it"]
+async fn full_text_is_detected_and_keyword_and_hybrid_search_find_exact_terms() {
+    let store = store().await;
+    let expected = server_has_full_text();
+    assert_eq!(store.full_text().await.unwrap(), expected);
+    // The probe leaves nothing behind.
+    let left = store.list().await.unwrap();
+    assert!(
+        !left.iter().any(|n| n.starts_with("warden_full_text_probe")),
+        "{left:?}"
+    );
+    let name = unique("fulltext");
+    let info = store.create(&name, 8).await.unwrap();
+    assert_eq!(info.full_text, expected);
+    assert_eq!(store.describe(&name).await.unwrap().full_text, expected);
+    store
+        .insert(
+            &name,
+            info.full_text,
+            vec![
+                keyword_row(
+                    "exit",
+                    "t1",
+                    "The tool exits with status 2 on ERR_CONFIG_SYNTAX.",
+                    0,
+                ),
+                keyword_row(
+                    "other",
+                    "t1",
+                    "Compression happens with the gzip program.",
+                    1,
+                ),
+                keyword_row("foreign", "t2", "ERR_CONFIG_SYNTAX in tenant two.", 1),
+            ],
+        )
+        .await
+        .unwrap();
+    if !expected {
+        // Dense search works on such a collection; keyword search is refused by the server.
+        let hits = store
+            .search(&name, "t1", &unit(8, 1), 2, 0.0)
+            .await
+            .unwrap();
+        assert_eq!(hits[0].doc_id, "other");
+        store.drop_collection(&name).await.unwrap();
+        return;
+    }
+    // The query vector points at `other`; the words point at `exit`.
+    let query = Query {
+        vector: &unit(8, 1),
+        text: "ERR_CONFIG_SYNTAX status",
+    };
+    let rrf = Fusion::Rrf { k: 60 };
+    let keyword = store
+        .search_mode(&name, "t1", query, RetrievalMode::Keyword, 5, rrf)
+        .await
+        .unwrap();
+    assert_eq!(
+        keyword.len(),
+        1,
+        "only the chunk with the words: {keyword:?}"
+    );
+    assert_eq!(keyword[0].doc_id, "exit");
+    assert!(
+        keyword[0].score > 0.0,
+        "BM25 scores are positive: {keyword:?}"
+    );
+    let dense = store
+        .search_mode(&name, "t1", query, RetrievalMode::Dense, 5, rrf)
+        .await
+        .unwrap();
+    assert_eq!(dense[0].doc_id, "other");
+    let hybrid = store
+        .search_mode(&name, "t1", query, RetrievalMode::Hybrid, 5, rrf)
+        .await
+        .unwrap();
+    let docs: Vec<&str> = hybrid.iter().map(|h| h.doc_id.as_str()).collect();
+    assert!(
+        docs.contains(&"exit") && docs.contains(&"other"),
+        "{hybrid:?}"
+    );
+    assert!(
+        !docs.contains(&"foreign"),
+        "tenant filter on both lists: {hybrid:?}"
+    );
+    // Weighted fusion favouring the keyword list puts the keyword match first.
+    let weighted = Fusion::Weighted {
+        dense: 0.1,
+        keyword: 0.9,
+    };
+    let hybrid = store
+        .search_mode(&name, "t1", query, RetrievalMode::Hybrid, 5, weighted)
+        .await
+        .unwrap();
+    assert_eq!(hybrid[0].doc_id, "exit", "{hybrid:?}");
+    // Deleting a document takes it out of both indexes.
+    store.delete_document(&name, "t1", "exit").await.unwrap();
+    let keyword = store
+        .search_mode(&name, "t1", query, RetrievalMode::Keyword, 5, rrf)
+        .await
+        .unwrap();
+    assert!(keyword.iter().all(|h| h.doc_id != "exit"), "{keyword:?}");
+    let hybrid = store
+        .search_mode(&name, "t1", query, RetrievalMode::Hybrid, 5, rrf)
+        .await
+        .unwrap();
+    assert!(hybrid.iter().all(|h| h.doc_id != "exit"), "{hybrid:?}");
+    store.drop_collection(&name).await.unwrap();
 }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `make eval-retrieval`: retrieval quality on the machine's manual pages, through Warden's own path.
+#
+# Builds the corpus (scripts/eval-corpus.sh: 80 English man pages as Markdown), starts Milvus Lite
+# on a free port with a fresh data folder, ingests the corpus with `warden ingest` (the release
+# binary, with a config written here), computes the pure-BM25 baseline without Milvus
+# (scripts/eval_bm25.py), then runs examples/eval_retrieval.rs: hit@1/3/5 and MRR@10 per mode for
+# the questions of eval/questions.jsonl, and the search latency of dense and hybrid on
+# EVAL_LATENCY_ROWS chunks (default 10000; 0 skips it). Milvus is stopped on exit, whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${WARDEN_CACHE:-$HOME/.cache/warden}
+target=${CARGO_TARGET_DIR:-$CACHE/target}
+warden="$target/release/warden"
+evaluate="$target/release/examples/eval_retrieval"
+[[ -x "$warden" && -x "$evaluate" ]] ||
+  { echo "eval-retrieval.sh: build first: cargo build --release --bin warden --example eval_retrieval" >&2; exit 1; }
+
+scripts/milvus.sh setup lite
+scripts/models.sh setup
+eval "$(scripts/models.sh paths)"
+export ORT_DYLIB_PATH EMBED_MODEL_DIR
+
+corpus="$CACHE/eval-corpus"
+scripts/eval-corpus.sh "$corpus" >&2
+
+run_dir=$(mktemp -d "${TMPDIR:-/tmp}/warden-eval.XXXXXX")
+pid=
+cleanup() {
+  if [[ -n "$pid" ]]; then scripts/milvus.sh stop "$pid" >/dev/null 2>&1 || true; fi
+  rm -rf "$run_dir"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+pid=$(scripts/milvus.sh start-lite "$run_dir/milvus" "$port")
+export MILVUS_EVAL_URI="http://127.0.0.1:$port"
+
+cat >"$run_dir/eval.toml" <<TOML
+# Only what ingestion needs: the embedding model and Milvus (a model entry is required).
+[backends.none]
+kind = "ollama"
+base_url = "http://127.0.0.1:9"
+[[models]]
+id = "none"
+targets = [{ backend = "none", model = "none" }]
+[embeddings]
+model_dir = "$EMBED_MODEL_DIR"
+[milvus]
+uri = "$MILVUS_EVAL_URI"
+timeout_ms = 60000
+TOML
+
+collection=eval_manpages
+echo "== ingesting $corpus into $collection (Milvus Lite on port $port)" >&2
+"$warden" ingest --config "$run_dir/eval.toml" --collection "$collection" "$corpus" >&2
+
+echo "== pure BM25 baseline (no Milvus)" >&2
+python3 scripts/eval_bm25.py "$corpus" eval/questions.jsonl --json 2>/dev/null >"$run_dir/baseline.json"
+
+"$evaluate" "$collection" eval/questions.jsonl "$corpus" "$run_dir/baseline.json"
