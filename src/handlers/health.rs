@@ -91,8 +91,14 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
             Some(knowledge) => Some(
                 tokio::time::timeout(timeout, async {
                     knowledge.store.ping().await?;
-                    // Found out once (the probe's answer is kept), then free.
-                    Ok::<_, crate::store::StoreError>(knowledge.store.full_text().await.ok())
+                    let known = knowledge.store.full_text_known();
+                    if known.is_none() {
+                        // Found out once, in the background: the probe makes and indexes a
+                        // collection, longer than a readiness check should wait.
+                        let knowledge = knowledge.clone();
+                        tokio::spawn(async move { knowledge.store.full_text().await });
+                    }
+                    Ok::<_, crate::store::StoreError>(known)
                 })
                 .await,
             ),

@@ -124,6 +124,8 @@ pub struct Store {
     timeout: Duration,
     /// Whether the server has full-text search, once found out.
     full_text: tokio::sync::OnceCell<bool>,
+    /// The probe collection's name, unique to this store (several may share a server).
+    probe: String,
 }
 
 /// Collection names are used in filters and paths: letters, digits and `_`, starting with a
@@ -168,7 +170,21 @@ impl Store {
             },
             timeout: config.timeout,
             full_text: tokio::sync::OnceCell::new(),
+            probe: {
+                static STORES: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                format!(
+                    "warden_full_text_probe_{}_{}",
+                    std::process::id(),
+                    STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                )
+            },
         }
+    }
+
+    /// The name of the collection [`Store::full_text`] makes and drops.
+    pub fn full_text_probe(&self) -> &str {
+        &self.probe
     }
 
     /// A store that is connected now (for the CLI and tests, which want to fail early).
@@ -297,17 +313,10 @@ impl Store {
     pub async fn full_text(&self) -> Result<bool, StoreError> {
         self.full_text
             .get_or_try_init(|| async {
-                let probe = format!(
-                    "warden_full_text_probe_{}_{}",
-                    std::process::id(),
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.subsec_nanos())
-                        .unwrap_or_default()
-                );
-                let outcome = self.try_full_text(&probe).await;
-                if self.has_collection(&probe).await.unwrap_or(false)
-                    && let Err(error) = self.drop_collection(&probe).await
+                let probe = &self.probe;
+                let outcome = self.try_full_text(probe).await;
+                if self.has_collection(probe).await.unwrap_or(false)
+                    && let Err(error) = self.drop_collection(probe).await
                 {
                     tracing::warn!(%error, collection = probe, "could not drop the full-text probe collection");
                 }
@@ -325,6 +334,11 @@ impl Store {
             })
             .await
             .copied()
+    }
+
+    /// [`Store::full_text`] when already found out, without asking the server.
+    pub fn full_text_known(&self) -> Option<bool> {
+        self.full_text.get().copied()
     }
 
     async fn try_full_text(&self, probe: &str) -> Result<(), StoreError> {

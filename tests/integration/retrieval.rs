@@ -826,6 +826,22 @@ async fn chat_requests_search_in_their_mode_within_the_limits_of_the_config() {
         knowledge_config()
     );
     let warden = Warden::start(&config).await;
+    // What the server can do is reported where operators look, once found out (readiness
+    // checks start the probe and never wait for it).
+    let mut ready = serde_json::Value::Null;
+    for _ in 0..100 {
+        ready = warden.get("/readyz").await.json().await.unwrap();
+        if !ready["knowledge"]["full_text"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(ready["knowledge"]["full_text"], full_text, "{ready}");
+    assert_eq!(
+        ready["knowledge"]["mode"],
+        if full_text { "hybrid" } else { "dense" },
+        "{ready}"
+    );
     let ask = |question: &str, mode: Option<&str>| {
         let mut body =
             json!({"model": "llama3.2", "messages": [{"role": "user", "content": question}]});

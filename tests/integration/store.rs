@@ -135,7 +135,7 @@ async fn full_text_is_detected_and_keyword_and_hybrid_search_find_exact_terms() 
     // The probe leaves nothing behind.
     let left = store.list().await.unwrap();
     assert!(
-        !left.iter().any(|n| n.starts_with("warden_full_text_probe")),
+        !left.iter().any(|n| n == store.full_text_probe()),
         "{left:?}"
     );
     let name = unique("fulltext");
