@@ -22,14 +22,17 @@
     reason = "a benchmark program: prints its table, and any failure should stop it loudly"
 )]
 
+mod support;
+
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::{Process, free_port, pct};
 
 const CHAT_JSON: &str = include_str!("../tests/fixtures/openai/chat.json");
 const CHUNKS_PER_STREAM: usize = 20;
@@ -121,23 +124,6 @@ fn memchr_stream_true(body: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------- orchestration
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn wait_for(url: &str) {
     let client = reqwest::Client::new();
@@ -451,16 +437,6 @@ fn print_row(rate: u64, path: &str, run: &Run) {
         pct(&run.latencies, 99.0),
         pct(&run.latencies, 100.0)
     );
-}
-
-fn pct(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 /// Sends `rate` requests per second for `seconds`, each at its scheduled time.

@@ -32,14 +32,17 @@
     reason = "a benchmark program: prints its tables, and any failure should stop it loudly"
 )]
 
+mod support;
+
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use support::{Process, Rng, free_port, pct};
 use warden::config::{Config, MapEnv};
 use warden::knowledge::{DEFAULT_TENANT, Document};
 use warden::store::ChunkRow;
@@ -235,43 +238,7 @@ fn corpus(max_docs: usize, max_bytes: usize) -> Vec<Document> {
     documents
 }
 
-/// A small xorshift generator: random unit vectors without another dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    }
-
-    fn unit_vector(&mut self) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..DIMENSION).map(|_| self.next()).collect();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= norm);
-        v
-    }
-}
-
 // ---------------------------------------------------------------- helpers
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn wait_for(url: &str, tries: usize) {
     let client = reqwest::Client::new();
@@ -299,16 +266,6 @@ fn required(name: &str) -> String {
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
-}
-
-fn pct(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 fn latency_row(name: &str, values: &[f64]) {
@@ -484,7 +441,7 @@ async fn orchestrate() {
                 tenant: DEFAULT_TENANT.to_owned(),
                 metadata: serde_json::json!({"title": null}),
                 keywords: format!("Chunk {i} of the synthetic corpus: a short text."),
-                vector: rng.unit_vector(),
+                vector: rng.unit_vector(DIMENSION),
             })
             .collect();
         let start = Instant::now();

@@ -27,9 +27,12 @@
     reason = "an evaluation program: prints its tables, and any failure should stop it loudly"
 )]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
+use support::{Rng, pct};
 use warden::config::{Config, MapEnv, RetrievalMode};
 use warden::knowledge::{DEFAULT_TENANT, Knowledge};
 use warden::store::{ChunkRow, Query};
@@ -94,13 +97,6 @@ impl Scores {
             self.hit1, self.hit3, self.hit5, self.mrr10
         );
     }
-}
-
-fn pct(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * (sorted.len().saturating_sub(1)) as f64).round() as usize;
-    sorted.get(rank).copied().unwrap_or(f64::NAN)
 }
 
 /// A knowledge base on the eval's Milvus, with `[retrieval]` settings from `EVAL_RETRIEVAL`
@@ -263,20 +259,9 @@ async fn latency(knowledge: &Knowledge, questions: &[Question], corpus: &Path, r
         .create(&collection, knowledge.embedder.dimension)
         .await
         .unwrap();
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    let mut unit_vector = || {
-        let mut v: Vec<f32> = (0..knowledge.embedder.dimension)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= norm);
-        v
-    };
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let dimension = knowledge.embedder.dimension;
+    let mut unit_vector = || rng.unit_vector(dimension);
     let texts = corpus_chunks(corpus, rows);
     let started = Instant::now();
     for (batch_index, batch) in texts.chunks(2_000).enumerate() {

@@ -25,7 +25,7 @@ pub struct Plan {
     /// What is searched for: the question, after the previous question when it follows up on
     /// it (see [`search_text`]).
     pub search: String,
-    /// `warden.retrieval`, else the collection's mode.
+    /// `warden.retrieval`; `None` searches in the collection's configured mode.
     pub mode: Option<RetrievalMode>,
     /// The QA template: the model's own, else `[retrieval]`'s.
     pub template: String,

@@ -40,6 +40,9 @@ pub struct Embedder {
     query_prefix: String,
     passage_prefix: String,
     tokenizer: tokenizers::Tokenizer,
+    /// The same tokenizer without truncation, made once: counting is on the request path
+    /// (token budgets, rate limits), where a clone per call would copy the whole vocabulary.
+    untruncated: tokenizers::Tokenizer,
     cache: moka::sync::Cache<String, Arc<Vec<f32>>>,
 }
 
@@ -134,6 +137,8 @@ impl Embedder {
             )));
         }
         let tokenizer = model.tokenizer.clone();
+        let mut untruncated = tokenizer.clone();
+        let _ = untruncated.with_truncation(None);
         let (jobs, queue) = mpsc::channel(QUEUE);
         let batch_size = config.batch_size;
         std::thread::Builder::new()
@@ -148,6 +153,7 @@ impl Embedder {
             query_prefix: config.query_prefix.clone(),
             passage_prefix: config.passage_prefix.clone(),
             tokenizer,
+            untruncated,
             cache: moka::sync::Cache::builder()
                 .max_capacity(config.cache_capacity)
                 .build(),
@@ -201,11 +207,9 @@ impl Embedder {
             .unwrap_or_else(|_| text.split_whitespace().count())
     }
 
-    /// Tokens of `text` without truncation, for chunking.
+    /// Tokens of `text` without truncation, for chunking and budgets.
     pub fn count_tokens_untruncated(&self, text: &str) -> usize {
-        let mut tokenizer = self.tokenizer.clone();
-        let _ = tokenizer.with_truncation(None);
-        tokenizer
+        self.untruncated
             .encode(text, true)
             .map(|encoding| encoding.get_ids().len())
             .unwrap_or_else(|_| text.split_whitespace().count())

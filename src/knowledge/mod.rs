@@ -367,7 +367,7 @@ impl Knowledge {
         } else {
             RetrievalMode::Dense
         };
-        if mode != requested {
+        if vector.is_empty() && mode != RetrievalMode::Keyword {
             // Asked for keyword search on a dense-only collection: embed after all.
             let embedded = std::time::Instant::now();
             match self.embedder.embed_query(query).await {
@@ -403,14 +403,7 @@ impl Knowledge {
             Err(err) => return (Err(err.into()), timings),
         };
         let hits = select(hits, self.retrieval.min_score(mode), per_doc, top_k);
-        (
-            Ok(Found {
-                hits,
-                mode,
-                requested,
-            }),
-            timings,
-        )
+        (Ok(Found { hits, mode }), timings)
     }
 }
 
@@ -418,9 +411,8 @@ impl Knowledge {
 #[derive(Debug, Clone)]
 pub struct Found {
     pub hits: Vec<Hit>,
-    /// The mode used: `requested`, or dense where the collection has no full text.
+    /// The mode used: the one asked for, or dense where the collection has no full text.
     pub mode: RetrievalMode,
-    pub requested: RetrievalMode,
 }
 
 /// The best `top_k` of `hits` (best first) at or above `min_score`, at most `per_doc` of one
