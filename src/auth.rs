@@ -4,7 +4,7 @@
 //! every caller is anonymous (tenant `default`), which the config allows only on loopback unless
 //! `server.allow_anonymous` says otherwise.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -74,8 +74,7 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// The caller a bearer token names, looking at every key whatever matches, so the time taken
 /// does not tell which key came close.
 pub fn authenticate(state: &AppState, bearer: Option<&str>) -> Result<Caller, ApiError> {
-    let access = state.access.load();
-    let keys = &access.keys;
+    let keys = &state.access.keys;
     let admin_token = state.config.server.admin_token.as_ref();
     let Some(bearer) = bearer else {
         return if keys.is_empty() {
@@ -113,11 +112,7 @@ pub fn authenticate(state: &AppState, bearer: Option<&str>) -> Result<Caller, Ap
 }
 
 /// Puts the [`Caller`] in the request, or answers 401. Health and metrics are open.
-pub async fn middleware(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn middleware(state: AppState, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         return next.run(request).await;

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ProcessEnv};
 use crate::knowledge::{DEFAULT_TENANT, Knowledge};
-use crate::state::AppState;
+use crate::state::{AppState, SharedState};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -556,8 +556,9 @@ async fn run(config: Config) -> Result<(), String> {
         );
     }
     prepare_collections(&state).await;
-    let reload_task = tokio::spawn(reload_on_hangup(state.clone()));
-    let result = crate::serve(state, listener, shutdown).await;
+    let shared = SharedState::new(state);
+    let reload_task = tokio::spawn(reload_on_hangup(shared.clone()));
+    let result = crate::serve(shared, listener, shutdown).await;
     signal_task.abort();
     reload_task.abort();
     result.map_err(|err| format!("server error: {err}"))
@@ -592,12 +593,13 @@ async fn prepare_collections(state: &AppState) {
     }
 }
 
-/// SIGHUP re-reads the config file and the policies folder. Keys and limits are swapped at
-/// once (requests in flight keep what they started with; limiter counts start afresh); the
-/// policies are reloaded; what does not validate keeps what is in force, and is logged. Other
-/// sections (backends, models, Milvus, …) are read at start-up only: a change there is logged
-/// as needing a restart.
-async fn reload_on_hangup(state: AppState) {
+/// SIGHUP re-reads the config file and the policies folder and swaps in the next generation of
+/// the state (see [`AppState::next`]): backends, models, guard, embedding model, Milvus,
+/// retrieval, keys and limits all change without a restart; requests and streams in flight
+/// finish with the generation they started with. A file that does not validate keeps what is
+/// in force, and is logged. `server.listen`, `server.max_body_bytes` and `[log]` are read at
+/// start-up only: a change there is logged as needing a restart.
+async fn reload_on_hangup(shared: SharedState) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -606,49 +608,74 @@ async fn reload_on_hangup(state: AppState) {
             return;
         };
         while hangups.recv().await.is_some() {
-            reload(&state);
+            reload(&shared).await;
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = state;
+        let _ = shared;
     }
 }
 
-/// One reload: see [`reload_on_hangup`].
-pub fn reload(state: &AppState) {
-    match Config::load(&state.config.source, &ProcessEnv) {
+/// One reload: see [`reload_on_hangup`]. Reloads run one at a time (the signal loop awaits each).
+pub async fn reload(shared: &SharedState) {
+    let current = shared.current();
+    let config = match Config::load(&current.config.source, &ProcessEnv) {
+        Ok(config) => config,
         Err(err) => {
-            tracing::error!(error = %err, "config reload failed; keeping the keys and limits in force")
-        }
-        Ok(config) => {
-            let outside = |c: &Config| {
-                let mut raw = c.effective.clone();
-                raw.keys.clear();
-                raw.limits = Default::default();
-                toml::to_string(&raw).unwrap_or_default()
-            };
-            if outside(&config) != outside(&state.config) {
-                tracing::warn!(
-                    "config changes outside [[keys]] and [limits] take effect at the next restart"
-                );
+            current.metrics.reload("failed");
+            tracing::error!(error = %err, "config reload failed; keeping the config in force");
+            // The policies are files of their own: a bad config does not hold them back.
+            if let Some(guard) = &current.guard {
+                match guard.reload() {
+                    Ok(count) => {
+                        tracing::info!(policies = count, names = ?guard.policy_names(), "policies reloaded")
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "policy reload failed; keeping the policies in force")
+                    }
+                }
             }
-            let keys = config.keys.len();
-            state
-                .access
-                .store(std::sync::Arc::new(crate::state::Access::new(&config)));
-            tracing::info!(keys, "keys and limits reloaded");
+            return;
         }
+    };
+    // Building may load an embedding model: off the async workers.
+    let previous = current.clone();
+    let built = tokio::task::spawn_blocking(move || previous.next(config)).await;
+    let (next, reloaded) = match built {
+        Ok(Ok(built)) => built,
+        Ok(Err(err)) => {
+            current.metrics.reload("failed");
+            tracing::error!(error = %err, "config reload failed; keeping the config and policies in force");
+            return;
+        }
+        Err(err) => {
+            current.metrics.reload("failed");
+            tracing::error!(error = %err, "config reload failed; keeping the config and policies in force");
+            return;
+        }
+    };
+    let keys = next.config.keys.len();
+    let models = next.pool.model_ids().to_vec();
+    let prepare = reloaded.milvus_changed.then(|| next.clone());
+    let guarded = next.guard.clone();
+    shared.replace(next);
+    current.metrics.reload("ok");
+    tracing::info!(keys, models = ?models, rebuilt = ?reloaded.rebuilt, "config reloaded");
+    match (&guarded, &reloaded.policy_error) {
+        (_, Some(err)) => {
+            tracing::error!(error = %err, "policy reload failed; keeping the policies in force")
+        }
+        (Some(guard), None) => {
+            tracing::info!(policies = guard.policy_names().len(), names = ?guard.policy_names(), "policies reloaded")
+        }
+        (None, None) => {}
     }
-    if let Some(guard) = &state.guard {
-        match guard.reload() {
-            Ok(count) => {
-                tracing::info!(policies = count, names = ?guard.policy_names(), "policies reloaded")
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "policy reload failed; keeping the policies in force")
-            }
-        }
+    if !reloaded.needs_restart.is_empty() {
+        tracing::warn!(settings = ?reloaded.needs_restart, "these changes take effect at the next restart");
+    }
+    if let Some(state) = prepare {
+        prepare_collections(&state).await;
     }
 }
 

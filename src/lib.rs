@@ -58,39 +58,45 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::extract::BodyLimit;
-pub use crate::state::AppState;
+pub use crate::state::{AppState, SharedState};
 
-/// The whole HTTP application, ready to serve or to drive in tests with `oneshot`.
-pub fn build_app(state: AppState) -> Router {
-    let body_limit = state.config.server.max_body_bytes;
+/// The whole HTTP application, ready to serve or to drive in tests with `oneshot`. The body
+/// limit is the one in force now: it changes at the next start, not on a reload.
+pub fn build_app(state: impl Into<SharedState>) -> Router {
+    let shared: SharedState = state.into();
+    let body_limit = shared.current().config.server.max_body_bytes;
     routes::routes()
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            shared.clone(),
             limits::middleware,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            shared.clone(),
             metrics::middleware,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            shared.clone(),
             auth::middleware,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(BodyLimit(body_limit)))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            state::pin_generation,
+        ))
         .layer(axum::middleware::from_fn(request_id::middleware))
-        .with_state(state)
+        .with_state(shared)
 }
 
 /// Serves until `shutdown` is cancelled, then stops accepting and lets requests in flight
-/// (streams included) finish for up to `server.shutdown_grace`.
+/// (streams included) finish for up to `server.shutdown_grace` (as the config in force then says).
 pub async fn serve(
-    state: AppState,
+    state: impl Into<SharedState>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let grace = state.config.server.shutdown_grace;
-    let app = build_app(state);
+    let shared: SharedState = state.into();
+    let app = build_app(shared.clone());
     let listener = listener.tap_io(|stream| {
         // Small SSE frames must not wait for Nagle's algorithm.
         if let Err(err) = stream.set_nodelay(true) {
@@ -102,6 +108,7 @@ pub async fn serve(
         .into_future();
     let drain_deadline = async {
         shutdown.cancelled().await;
+        let grace = shared.current().config.server.shutdown_grace;
         tracing::info!(
             grace_ms = grace.as_millis() as u64,
             "shutting down: draining requests in flight"

@@ -4,7 +4,7 @@
 //! Counters live in this process: behind a load balancer each replica counts its own share.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -24,50 +24,69 @@ use crate::state::AppState;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
+/// A rate and its limiter; shared with the next generation when a reload leaves the rate as it
+/// was, so the count goes on.
+type Rate = Arc<(u32, Limiter)>;
+
 struct KeyLimits {
-    per_minute: Option<(u32, Limiter)>,
-    tokens: Option<(u32, Limiter)>,
-    in_flight: Option<Arc<Semaphore>>,
+    per_minute: Option<Rate>,
+    tokens: Option<Rate>,
+    in_flight: Option<(u32, Arc<Semaphore>)>,
 }
 
 pub struct Limits {
     keys: HashMap<String, KeyLimits>,
-    in_flight: Arc<Semaphore>,
+    in_flight: (u32, Arc<Semaphore>),
 }
 
 impl Limits {
-    pub fn new(config: &Config) -> Limits {
+    /// The limits of `config`'s keys. With `previous` (a reload), a limit whose key and number
+    /// are unchanged keeps its limiter or semaphore: counts and permits held carry over.
+    pub fn new(config: &Config, previous: Option<&Limits>) -> Limits {
+        let rate = |n: Option<u32>, before: Option<&Rate>| -> Option<Rate> {
+            let n = NonZeroU32::new(n?)?;
+            match before {
+                Some(rate) if rate.0 == n.get() => Some(rate.clone()),
+                _ => Some(Arc::new((
+                    n.get(),
+                    RateLimiter::direct(Quota::per_minute(n))
+                        .with_middleware::<StateInformationMiddleware>(),
+                ))),
+            }
+        };
         let keys = config
             .keys
             .iter()
             .map(|key| {
-                let per_minute = key.requests_per_minute.and_then(NonZeroU32::new).map(|n| {
-                    let limiter = RateLimiter::direct(Quota::per_minute(n))
-                        .with_middleware::<StateInformationMiddleware>();
-                    (n.get(), limiter)
-                });
-                let tokens = key.tokens_per_minute.and_then(NonZeroU32::new).map(|n| {
-                    let limiter = RateLimiter::direct(Quota::per_minute(n))
-                        .with_middleware::<StateInformationMiddleware>();
-                    (n.get(), limiter)
-                });
-                let in_flight = key
-                    .max_concurrent
-                    .map(|n| Arc::new(Semaphore::new(n as usize)));
+                let before = previous.and_then(|p| p.keys.get(&key.name));
+                let in_flight =
+                    key.max_concurrent
+                        .map(|n| match before.and_then(|b| b.in_flight.as_ref()) {
+                            Some((m, semaphore)) if *m == n => (n, semaphore.clone()),
+                            _ => (n, Arc::new(Semaphore::new(n as usize))),
+                        });
                 (
                     key.name.clone(),
                     KeyLimits {
-                        per_minute,
-                        tokens,
+                        per_minute: rate(
+                            key.requests_per_minute,
+                            before.and_then(|b| b.per_minute.as_ref()),
+                        ),
+                        tokens: rate(
+                            key.tokens_per_minute,
+                            before.and_then(|b| b.tokens.as_ref()),
+                        ),
                         in_flight,
                     },
                 )
             })
             .collect();
-        Limits {
-            keys,
-            in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests as usize)),
-        }
+        let max = config.max_concurrent_requests;
+        let in_flight = match previous {
+            Some(p) if p.in_flight.0 == max => p.in_flight.clone(),
+            _ => (max, Arc::new(Semaphore::new(max as usize))),
+        };
+        Limits { keys, in_flight }
     }
 }
 
@@ -76,7 +95,7 @@ impl Limits {
     /// headers to add to the answer, or the refusal.
     pub fn take_tokens(&self, key: &str, estimate: u32) -> Result<HeaderMap, Response> {
         let mut headers = HeaderMap::new();
-        let Some((limit, limiter)) = self.keys.get(key).and_then(|k| k.tokens.as_ref()) else {
+        let Some((limit, limiter)) = self.keys.get(key).and_then(|k| k.tokens.as_deref()) else {
             return Ok(headers);
         };
         let per_cell = Duration::from_secs(60) / *limit;
@@ -120,7 +139,7 @@ impl Limits {
     /// the budget as far as empty: an overrun makes the next request wait, but is not carried
     /// further than that.
     pub fn settle_tokens(&self, key: &str, estimate: u32, used: u64) {
-        let Some((_, limiter)) = self.keys.get(key).and_then(|k| k.tokens.as_ref()) else {
+        let Some((_, limiter)) = self.keys.get(key).and_then(|k| k.tokens.as_deref()) else {
             return;
         };
         let mut left = used
@@ -162,10 +181,10 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
     }
 }
 
-pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let access = state.access.load_full();
+pub async fn middleware(state: AppState, request: Request, next: Next) -> Response {
+    let access = state.access.clone();
     let limits = &access.limits;
-    let Ok(global) = limits.in_flight.clone().try_acquire_owned() else {
+    let Ok(global) = limits.in_flight.1.clone().try_acquire_owned() else {
         state.metrics.rate_limited("-", "replica_in_flight");
         let mut response = ApiError::Unavailable {
             message: "Warden is at its limit of requests in flight; retry shortly".to_owned(),
@@ -182,7 +201,7 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
     let key_limits = caller.as_ref().and_then(|c| limits.keys.get(&c.name));
     let mut rate_headers = HeaderMap::new();
     if let Some(key) = key_limits {
-        if let Some((limit, limiter)) = &key.per_minute {
+        if let Some((limit, limiter)) = key.per_minute.as_deref() {
             let per_cell = Duration::from_secs(60) / *limit;
             set(
                 &mut rate_headers,
@@ -231,7 +250,7 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
                 }
             }
         }
-        if let Some(in_flight) = &key.in_flight {
+        if let Some((_, in_flight)) = &key.in_flight {
             match in_flight.clone().try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => {

@@ -59,6 +59,7 @@ pub struct Metrics {
     rate_limited: Counter,
     retrieval_sources: Counter,
     tokens: Counter,
+    reloads: Counter,
     streams_in_flight: AtomicI64,
 }
 
@@ -209,6 +210,11 @@ impl Metrics {
             .add(vec![("collection", collection.to_owned())], count as u64);
     }
 
+    /// A SIGHUP reload, by outcome (`ok`, `failed`).
+    pub fn reload(&self, outcome: &'static str) {
+        self.reloads.add(vec![("outcome", outcome.to_owned())], 1);
+    }
+
     pub fn stream_started(self: &std::sync::Arc<Self>) -> StreamGauge {
         self.streams_in_flight.fetch_add(1, Ordering::Relaxed);
         StreamGauge(self.clone())
@@ -217,7 +223,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 6] = [
+        let counters: [(&str, &str, &Counter); 7] = [
             (
                 "warden_tokens_total",
                 "Tokens by key name and direction, as the backends reported them.",
@@ -247,6 +253,11 @@ impl Metrics {
                 "warden_retrieval_sources_total",
                 "Retrieved chunks injected into prompts, by collection.",
                 &self.retrieval_sources,
+            ),
+            (
+                "warden_config_reloads_total",
+                "Config reloads (SIGHUP) by outcome; a failed one keeps the config in force.",
+                &self.reloads,
             ),
         ];
         for (name, help, counter) in counters {
@@ -308,7 +319,7 @@ pub struct ModelLabel(pub String);
 
 /// Counts every request by route, model, key name and status, and times it to the response head.
 pub async fn middleware(
-    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    state: crate::state::AppState,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -336,9 +347,7 @@ pub async fn middleware(
 }
 
 /// `GET /metrics`.
-pub async fn handler(
-    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
-) -> impl axum::response::IntoResponse {
+pub async fn handler(state: crate::state::AppState) -> impl axum::response::IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,

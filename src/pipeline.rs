@@ -198,7 +198,7 @@ pub async fn chat(
 
     // Token budget: the prompt as it will go out (context included) is taken before dispatch;
     // what the backend reports is settled after.
-    let limits = state.access.load().limits.clone();
+    let limits = state.access.limits.clone();
     let estimate = if limits.limits_tokens(&caller.name) {
         estimate_prompt_tokens(&state, &request)
     } else {

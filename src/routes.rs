@@ -5,9 +5,9 @@ use axum::Router;
 use axum::routing::{delete, get, post};
 
 use crate::handlers::{chat, collections, embeddings, fallback, health, models, moderations};
-use crate::state::AppState;
+use crate::state::SharedState;
 
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/moderations", post(moderations::create))

@@ -1,8 +1,18 @@
-//! Shared state of the server: built once at start-up, cloned (cheaply) into every handler.
+//! Shared state of the server. [`AppState`] is one generation: the config and everything built
+//! from it (backends, guard, embedding model, Milvus, keys and limits). [`SharedState`] holds the
+//! generation in force; a reload (SIGHUP) builds the next one beside it, reusing what did not
+//! change, and swaps it in whole. Each request pins the generation it arrived under, so requests
+//! and streams in flight finish with what they started with.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
 
 use crate::audit::Audit;
 use crate::backends::pool::Pool;
@@ -24,9 +34,9 @@ pub struct AppState {
     pub embedder: Option<Arc<Embedder>>,
     /// Retrieval and ingestion, when both `[embeddings]` and `[milvus]` are configured.
     pub knowledge: Option<Arc<Knowledge>>,
-    /// Keys and their limits: swapped whole by a reload (SIGHUP), so a request sees one
-    /// consistent set.
-    pub access: Arc<arc_swap::ArcSwap<Access>>,
+    /// Keys and their limits.
+    pub access: Arc<Access>,
+    /// Shared by every generation: counters survive reloads.
     pub metrics: Arc<Metrics>,
     /// Every block and flag, when `[audit]` is configured.
     pub audit: Option<Arc<Audit>>,
@@ -35,8 +45,34 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The first generation, built from nothing.
     pub fn new(config: Config) -> Result<AppState, String> {
-        let pool = Pool::new(&config)?;
+        AppState::build(config, None).map(|(state, _)| state)
+    }
+
+    /// The generation after `self`, from a freshly read config: what did not change is kept
+    /// (the embedding model, the Milvus client and what it probed, the backends with their
+    /// health, the guard with its verdict cache, the audit file, the limiters of keys whose
+    /// limits are the same); the rest is built anew. On an error nothing of the new config is
+    /// used. Blocking: it may load an embedding model.
+    pub fn next(&self, config: Config) -> Result<(AppState, Reloaded), String> {
+        AppState::build(config, Some(self))
+    }
+
+    fn build(config: Config, previous: Option<&AppState>) -> Result<(AppState, Reloaded), String> {
+        let mut reloaded = Reloaded::default();
+        // A section is "the same" when its effective text (secrets as references) is.
+        let same = |section: fn(&crate::config::RawConfig) -> serde_json::Value| {
+            previous.is_some_and(|p| section(&p.config.effective) == section(&config.effective))
+        };
+        let kept_pool = same(|r| json(&(&r.backends, &r.models)));
+        let pool = match previous {
+            Some(p) if kept_pool => p.pool.clone(),
+            _ => {
+                reloaded.rebuilt.push("backends");
+                Arc::new(Pool::new(&config)?)
+            }
+        };
         let guard = match &config.guard {
             None => {
                 tracing::warn!(
@@ -45,68 +81,169 @@ impl AppState {
                 None
             }
             Some(guard_config) => {
-                let backend = pool.backend(&guard_config.backend).ok_or_else(|| {
-                    format!("guard.backend: unknown backend `{}`", guard_config.backend)
-                })?;
                 let key_policies: Vec<(String, String)> = config
                     .keys
                     .iter()
                     .enumerate()
                     .filter_map(|(i, k)| k.policy.clone().map(|p| (format!("keys[{i}].policy"), p)))
                     .collect();
-                let model_policies: HashMap<String, String> = config
-                    .models
-                    .iter()
-                    .filter_map(|m| m.policy.clone().map(|p| (m.id.clone(), p)))
-                    .collect();
-                let guard = Guard::new(guard_config, backend, model_policies, key_policies)
-                    .map_err(|e| e.to_string())?;
-                tracing::info!(
-                    model = %guard.model,
-                    backend = %guard.backend_name,
-                    policies = ?guard.policy_names(),
-                    default_policy = %guard.default_policy,
-                    "guard enabled"
-                );
-                Some(Arc::new(guard))
+                let reusable = previous.and_then(|p| p.guard.clone()).filter(|_| {
+                    kept_pool
+                        && same(|r| json(&r.guard))
+                        && same(|r| json(&r.keys.iter().map(|k| &k.policy).collect::<Vec<_>>()))
+                });
+                match reusable {
+                    Some(guard) => {
+                        // Same guard, same names in use: only the policy files are read again;
+                        // bad files keep the policies in force and the rest of the reload.
+                        match guard.reload() {
+                            Ok(_) => reloaded.rebuilt.push("policies"),
+                            Err(err) => reloaded.policy_error = Some(err.to_string()),
+                        }
+                        Some(guard)
+                    }
+                    None => {
+                        let backend = pool.backend(&guard_config.backend).ok_or_else(|| {
+                            format!("guard.backend: unknown backend `{}`", guard_config.backend)
+                        })?;
+                        let model_policies: HashMap<String, String> = config
+                            .models
+                            .iter()
+                            .filter_map(|m| m.policy.clone().map(|p| (m.id.clone(), p)))
+                            .collect();
+                        let guard = Guard::new(guard_config, backend, model_policies, key_policies)
+                            .map_err(|e| e.to_string())?;
+                        tracing::info!(
+                            model = %guard.model,
+                            backend = %guard.backend_name,
+                            policies = ?guard.policy_names(),
+                            default_policy = %guard.default_policy,
+                            "guard enabled"
+                        );
+                        if previous.is_some() {
+                            reloaded.rebuilt.push("guard");
+                        }
+                        Some(Arc::new(guard))
+                    }
+                }
             }
         };
-        let embedder = match &config.embeddings {
-            None => None,
-            Some(embeddings) => {
+        let embedder = match (&config.embeddings, previous) {
+            (None, _) => None,
+            (Some(_), Some(p)) if p.embedder.is_some() && same(|r| json(&r.embeddings)) => {
+                p.embedder.clone()
+            }
+            (Some(embeddings), _) => {
                 let embedder =
                     Embedder::load(embeddings).map_err(|e| format!("embeddings: {e}"))?;
                 tracing::info!(model = %embedder.model_id, dimension = embedder.dimension, device = if embeddings.cuda { "cuda" } else { "cpu" }, "embedding model loaded");
+                if previous.is_some() {
+                    reloaded.rebuilt.push("embeddings");
+                }
                 Some(Arc::new(embedder))
             }
         };
+        let previous_knowledge = previous.and_then(|p| p.knowledge.clone());
         let knowledge = match (&embedder, &config.milvus) {
-            (Some(embedder), Some(milvus)) => Some(Arc::new(Knowledge::new(
-                embedder.clone(),
-                Arc::new(Store::new(milvus)),
-                config.retrieval.clone(),
-            ))),
+            (Some(embedder), Some(milvus)) => match previous_knowledge {
+                Some(k)
+                    if Arc::ptr_eq(&k.embedder, embedder)
+                        && same(|r| json(&r.milvus))
+                        && same(|r| json(&r.retrieval)) =>
+                {
+                    Some(k)
+                }
+                Some(k) if same(|r| json(&r.milvus)) => {
+                    reloaded.rebuilt.push("retrieval");
+                    let store = k.store.clone();
+                    Some(Arc::new(Knowledge::new(
+                        embedder.clone(),
+                        store,
+                        config.retrieval.clone(),
+                    )))
+                }
+                _ => {
+                    if previous.is_some() {
+                        reloaded.rebuilt.push("milvus");
+                        reloaded.milvus_changed = true;
+                    }
+                    Some(Arc::new(Knowledge::new(
+                        embedder.clone(),
+                        Arc::new(Store::new(milvus)),
+                        config.retrieval.clone(),
+                    )))
+                }
+            },
             _ => None,
         };
-        let audit = match &config.audit {
-            None => None,
-            Some((path, include_content)) => Some(Arc::new(
-                Audit::open(path, *include_content)
-                    .map_err(|e| format!("audit.path: cannot open {}: {e}", path.display()))?,
-            )),
+        let audit = match (&config.audit, previous) {
+            (None, _) => None,
+            (Some(_), Some(p)) if p.audit.is_some() && same(|r| json(&r.audit)) => p.audit.clone(),
+            (Some((path, include_content)), _) => {
+                if previous.is_some() {
+                    reloaded.rebuilt.push("audit");
+                }
+                Some(Arc::new(Audit::open(path, *include_content).map_err(
+                    |e| format!("audit.path: cannot open {}: {e}", path.display()),
+                )?))
+            }
         };
-        Ok(AppState {
-            access: Arc::new(arc_swap::ArcSwap::from_pointee(Access::new(&config))),
-            metrics: Arc::new(Metrics::default()),
-            audit,
-            config: Arc::new(config),
-            pool: Arc::new(pool),
-            guard,
-            embedder,
-            knowledge,
-            started_at: unix_now(),
-        })
+        if let Some(p) = previous {
+            for (section, changed) in [
+                (
+                    "server.listen",
+                    p.config.server.listen != config.server.listen,
+                ),
+                (
+                    "server.max_body_bytes",
+                    p.config.server.max_body_bytes != config.server.max_body_bytes,
+                ),
+                ("log", !same(|r| json(&r.log))),
+            ] {
+                if changed {
+                    reloaded.needs_restart.push(section);
+                }
+            }
+        }
+        let access = match previous {
+            Some(p) => Access::next(&p.access, &config),
+            None => Access::new(&config),
+        };
+        Ok((
+            AppState {
+                access: Arc::new(access),
+                metrics: previous
+                    .map_or_else(|| Arc::new(Metrics::default()), |p| p.metrics.clone()),
+                audit,
+                config: Arc::new(config),
+                pool,
+                guard,
+                embedder,
+                knowledge,
+                started_at: previous.map_or_else(unix_now, |p| p.started_at),
+            },
+            reloaded,
+        ))
     }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    // Config sections always serialize; a failure would read as "changed", the safe side.
+    serde_json::to_value(value).unwrap_or_else(|err| serde_json::Value::String(err.to_string()))
+}
+
+/// What a reload did beyond swapping the config.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// Parts built anew (`backends`, `guard`, `policies`, `embeddings`, `milvus`, `retrieval`,
+    /// `audit`); the rest is the previous generation's.
+    pub rebuilt: Vec<&'static str>,
+    /// Settings that changed but are read at start-up only.
+    pub needs_restart: Vec<&'static str>,
+    /// The policies folder did not load: the policies in force stay.
+    pub policy_error: Option<String>,
+    /// A new Milvus client: its collections need preparing again.
+    pub milvus_changed: bool,
 }
 
 /// Who may call and how much: the keys and the limiters made from them.
@@ -119,8 +256,71 @@ impl Access {
     pub fn new(config: &Config) -> Access {
         Access {
             keys: config.keys.clone(),
-            limits: Arc::new(Limits::new(config)),
+            limits: Arc::new(Limits::new(config, None)),
         }
+    }
+
+    /// The keys of `config`, carrying over the counts of every limit that did not change, so a
+    /// reload does not hand every caller a fresh minute.
+    fn next(previous: &Access, config: &Config) -> Access {
+        Access {
+            keys: config.keys.clone(),
+            limits: Arc::new(Limits::new(config, Some(&previous.limits))),
+        }
+    }
+}
+
+/// What the router holds: the generation in force.
+#[derive(Clone)]
+pub struct SharedState(Arc<ArcSwap<AppState>>);
+
+impl SharedState {
+    pub fn new(state: AppState) -> SharedState {
+        SharedState(Arc::new(ArcSwap::from_pointee(state)))
+    }
+
+    pub fn current(&self) -> Arc<AppState> {
+        self.0.load_full()
+    }
+
+    pub fn replace(&self, state: AppState) {
+        self.0.store(Arc::new(state));
+    }
+}
+
+impl From<AppState> for SharedState {
+    fn from(state: AppState) -> SharedState {
+        SharedState::new(state)
+    }
+}
+
+/// The generation a request arrived under, put in its extensions by [`pin_generation`].
+#[derive(Clone)]
+struct Pinned(Arc<AppState>);
+
+/// The outermost layer: every later extraction of [`AppState`] in this request (middlewares,
+/// handler, the stream it returns) sees this one generation, whatever reloads happen meanwhile.
+pub async fn pin_generation(
+    State(shared): State<SharedState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    request.extensions_mut().insert(Pinned(shared.current()));
+    next.run(request).await
+}
+
+impl FromRequestParts<SharedState> for AppState {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        shared: &SharedState,
+    ) -> Result<AppState, Self::Rejection> {
+        let pinned = match parts.extensions.get::<Pinned>() {
+            Some(Pinned(state)) => state.clone(),
+            None => shared.current(),
+        };
+        Ok(AppState::clone(&pinned))
     }
 }
 

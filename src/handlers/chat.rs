@@ -1,5 +1,4 @@
 use axum::Extension;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Caller;
@@ -11,7 +10,7 @@ use crate::state::AppState;
 use crate::types::ChatRequest;
 
 pub async fn completions(
-    State(state): State<AppState>,
+    state: AppState,
     Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
@@ -15,19 +15,20 @@ use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::ingest::text::{Format, extract, format_of};
 use crate::knowledge::{Document, Knowledge, KnowledgeError, doc_id_for};
-use crate::state::AppState;
+use crate::state::{AppState, SharedState};
 use crate::store::{StoreError, valid_collection_name};
 
 /// An admin caller: a key with `admin = true`, or the `server.admin_token`.
 pub struct Admin(pub Caller);
 
-impl FromRequestParts<AppState> for Admin {
+impl FromRequestParts<SharedState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        shared: &SharedState,
     ) -> Result<Self, Self::Rejection> {
+        let Ok(state) = AppState::from_request_parts(parts, shared).await;
         let caller = parts
             .extensions
             .get::<Caller>()
@@ -36,8 +37,8 @@ impl FromRequestParts<AppState> for Admin {
         if caller.admin {
             return Ok(Admin(caller));
         }
-        let enabled = state.config.server.admin_token.is_some()
-            || state.access.load().keys.iter().any(|k| k.admin);
+        let enabled =
+            state.config.server.admin_token.is_some() || state.access.keys.iter().any(|k| k.admin);
         if !enabled {
             return Err(ApiError::Forbidden {
                 message: "admin routes are disabled: configure an admin key or server.admin_token"
@@ -105,7 +106,7 @@ fn checked_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-pub async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list(_: Admin, state: AppState) -> Result<Json<Value>, ApiError> {
     let knowledge = knowledge(&state)?;
     let names = knowledge
         .store
@@ -134,7 +135,7 @@ pub struct CreateCollection {
 
 pub async fn create(
     _: Admin,
-    State(state): State<AppState>,
+    state: AppState,
     JsonBody(body): JsonBody<CreateCollection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     checked_name(&body.name)?;
@@ -161,7 +162,7 @@ pub async fn create(
 
 pub async fn drop_collection(
     _: Admin,
-    State(state): State<AppState>,
+    state: AppState,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     checked_name(&name)?;
@@ -225,7 +226,7 @@ async fn ingest_one(
 
 pub async fn add_document(
     Admin(caller): Admin,
-    State(state): State<AppState>,
+    state: AppState,
     Path(collection): Path<String>,
     JsonBody(body): JsonBody<NewDocument>,
 ) -> Result<Json<Value>, ApiError> {
@@ -296,7 +297,7 @@ pub struct UploadQuery {
 /// to read it.
 pub async fn upload(
     Admin(caller): Admin,
-    State(state): State<AppState>,
+    state: AppState,
     Path(collection): Path<String>,
     Query(query): Query<UploadQuery>,
     headers: HeaderMap,
@@ -335,7 +336,7 @@ pub async fn upload(
 
 pub async fn delete_document(
     Admin(caller): Admin,
-    State(state): State<AppState>,
+    state: AppState,
     Path((collection, doc_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     checked_name(&collection)?;

@@ -1,7 +1,6 @@
 //! `POST /v1/embeddings` in OpenAI's shape, computed in-process.
 
 use axum::Json;
-use axum::extract::State;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -35,7 +34,7 @@ pub enum EmbeddingInput {
 const MAX_INPUTS: usize = 2048;
 
 pub async fn create(
-    State(state): State<AppState>,
+    state: AppState,
     JsonBody(request): JsonBody<EmbeddingsRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let embedder = state

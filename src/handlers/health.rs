@@ -1,7 +1,6 @@
 //! `/healthz` says the process is alive; `/readyz` checks every dependency.
 
 use axum::Json;
-use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -78,7 +77,7 @@ pub struct ModelStatus {
     pub not_listed_upstream: Vec<String>,
 }
 
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+pub async fn readyz(state: AppState) -> (StatusCode, Json<Readiness>) {
     let timeout = state.config.server.readiness_timeout;
     let probes = state.pool.backends().iter().map(|handle| async move {
         let started = Instant::now();

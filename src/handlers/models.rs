@@ -1,4 +1,4 @@
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::{Extension, Json};
 
 use crate::auth::Caller;
@@ -17,10 +17,7 @@ fn entry(state: &AppState, id: &str) -> ModelEntry {
 }
 
 /// The models this caller may use.
-pub async fn list(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-) -> Json<ModelList> {
+pub async fn list(state: AppState, Extension(caller): Extension<Caller>) -> Json<ModelList> {
     Json(ModelList {
         object: "list".to_owned(),
         data: state
@@ -35,7 +32,7 @@ pub async fn list(
 
 /// `GET /v1/models/{id}` (the SDKs' `models.retrieve`). Ids may contain `/`.
 pub async fn retrieve(
-    State(state): State<AppState>,
+    state: AppState,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelEntry>, ApiError> {

@@ -2,7 +2,6 @@
 //! the policy that `model` names), so that `client.moderations.create(...)` works against Warden.
 
 use axum::Json;
-use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -55,7 +54,7 @@ const OPENAI_CATEGORIES: &[(&str, &[&str])] = &[
 ];
 
 pub async fn create(
-    State(state): State<AppState>,
+    state: AppState,
     JsonBody(request): JsonBody<ModerationRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let guard = state

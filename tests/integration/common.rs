@@ -37,7 +37,8 @@ impl Warden {
     }
 
     /// Serves an already built state (a test keeps a clone of it to act on).
-    pub async fn serve_state(state: AppState) -> Warden {
+    pub async fn serve_state(state: impl Into<warden::SharedState>) -> Warden {
+        let state: warden::SharedState = state.into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -205,4 +206,13 @@ pub async fn guarded(flavor: Flavor, test: &str, policy: &str) -> (FakeUpstream,
     );
     let warden = Warden::start(&format!("{}\n{guard}", config_for(&[&upstream], ""))).await;
     (upstream, warden)
+}
+
+/// The hex SHA-256 of a key, as `key_sha256` in the config wants it.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

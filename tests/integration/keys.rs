@@ -5,14 +5,6 @@ use serde_json::json;
 use crate::common::*;
 use crate::fake_upstream::{FakeUpstream, Flavor};
 
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Two models, and keys: `full` (both models), `narrow` (only `small`, by env reference).
 async fn setup() -> (FakeUpstream, Warden) {
     let upstream = FakeUpstream::start(Flavor::OpenAi).await;
@@ -350,7 +342,7 @@ async fn a_reload_swaps_the_keys_and_a_bad_file_keeps_them() {
     let path = dir.join("warden.toml");
     std::fs::write(&path, format!("{base}\n{}", key("first", "sk-first"))).unwrap();
     let config = warden::config::Config::load(&path, &warden::config::MapEnv::default()).unwrap();
-    let state = warden::AppState::new(config).unwrap();
+    let state = warden::SharedState::new(warden::AppState::new(config).unwrap());
     let warden = Warden::serve_state(state.clone()).await;
     assert_eq!(
         chat(&warden, Some("sk-second"), "llama3.2")
@@ -370,7 +362,7 @@ async fn a_reload_swaps_the_keys_and_a_bad_file_keeps_them() {
         ),
     )
     .unwrap();
-    warden::cli::reload(&state);
+    warden::cli::reload(&state).await;
     assert_eq!(
         chat(&warden, Some("sk-second"), "llama3.2")
             .send()
@@ -396,7 +388,7 @@ async fn a_reload_swaps_the_keys_and_a_bad_file_keeps_them() {
         ),
     )
     .unwrap();
-    warden::cli::reload(&state);
+    warden::cli::reload(&state).await;
     assert_eq!(
         chat(&warden, Some("sk-second"), "llama3.2")
             .send()
@@ -407,7 +399,7 @@ async fn a_reload_swaps_the_keys_and_a_bad_file_keeps_them() {
         "a file that does not validate keeps the keys in force"
     );
     std::fs::write(&path, format!("{base}\n{}", key("first", "sk-first"))).unwrap();
-    warden::cli::reload(&state);
+    warden::cli::reload(&state).await;
     assert_eq!(
         chat(&warden, Some("sk-second"), "llama3.2")
             .send()

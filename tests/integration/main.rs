@@ -24,6 +24,7 @@ mod keys;
 mod llama;
 mod metrics;
 mod outage;
+mod reload;
 mod retrieval;
 mod sdk;
 mod shutdown;

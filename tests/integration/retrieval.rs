@@ -642,13 +642,7 @@ async fn the_ingest_command_reports_and_skips_what_it_cannot_read() {
 #[tokio::test]
 #[ignore = "needs Milvus and the embedding model; `make test` runs it"]
 async fn a_tenant_never_receives_another_tenants_chunks() {
-    use sha2::Digest;
-    let hex = |t: &str| {
-        sha2::Sha256::digest(t.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let hex = sha256_hex;
     let collection = unique("tenants");
     let upstream = FakeUpstream::start(Flavor::Ollama).await;
     let config = format!(

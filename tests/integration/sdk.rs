@@ -64,13 +64,7 @@ async fn the_openai_python_sdk_works_against_warden() {
 #[tokio::test]
 #[ignore = "needs the Python venv with the openai SDK (OPENAI_SDK_PYTHON); `make test` runs it"]
 async fn the_openai_python_sdk_raises_access_errors() {
-    use sha2::Digest;
-    let hex = |t: &str| {
-        sha2::Sha256::digest(t.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let hex = sha256_hex;
     let python = std::env::var("OPENAI_SDK_PYTHON")
         .expect("OPENAI_SDK_PYTHON must point at the venv's python");
     let upstream = FakeUpstream::start(Flavor::OpenAi).await;
