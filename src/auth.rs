@@ -129,8 +129,11 @@ pub async fn middleware(state: AppState, mut request: Request, next: Next) -> Re
     match authenticate(&state, bearer) {
         Ok(caller) => {
             tracing::Span::current().record("key", tracing::field::display(&caller.name));
+            let label = crate::metrics::KeyLabel(caller.name.clone());
             request.extensions_mut().insert(caller);
-            next.run(request).await
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(label);
+            response
         }
         Err(err) => err.into_response(),
     }

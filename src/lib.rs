@@ -72,11 +72,11 @@ pub fn build_app(state: impl Into<SharedState>) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
-            metrics::middleware,
+            auth::middleware,
         ))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
-            auth::middleware,
+            metrics::middleware,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(BodyLimit(body_limit)))

@@ -317,7 +317,13 @@ impl Metrics {
 #[derive(Debug, Clone)]
 pub struct ModelLabel(pub String);
 
-/// Counts every request by route, model, key name and status, and times it to the response head.
+/// The key name a response was for, put in the response's extensions by authentication.
+#[derive(Debug, Clone)]
+pub struct KeyLabel(pub String);
+
+/// Counts every request by route, model, key name and status, and times it to the response
+/// head. It wraps authentication, so refused keys count too (key `-`); requests refused before
+/// their body is read (limits) have no model.
 pub async fn middleware(
     state: crate::state::AppState,
     request: axum::extract::Request,
@@ -325,21 +331,21 @@ pub async fn middleware(
 ) -> axum::response::Response {
     let started = std::time::Instant::now();
     let route = Metrics::route_of(request.uri().path());
-    let key = request
-        .extensions()
-        .get::<crate::auth::Caller>()
-        .map(|c| c.name.clone())
-        .unwrap_or_else(|| "-".to_owned());
     let response = next.run(request).await;
     let model = response
         .extensions()
         .get::<ModelLabel>()
         .map(|m| m.0.as_str())
         .unwrap_or("");
+    let key = response
+        .extensions()
+        .get::<KeyLabel>()
+        .map(|k| k.0.as_str())
+        .unwrap_or("-");
     state.metrics.request(
         route,
         model,
-        &key,
+        key,
         response.status().as_u16(),
         started.elapsed(),
     );

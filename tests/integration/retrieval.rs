@@ -151,16 +151,15 @@ async fn ingested_documents_are_found_and_injected_into_the_prompt() {
         .post("/v1/chat/completions", json!({"model": "llama3.2", "messages": [{"role": "user", "content": "How do I factory reset my K7?"}]}))
         .await;
     assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["x-warden-sources"]
-            .to_str()
-            .unwrap()
-            .parse::<usize>()
-            .unwrap()
-            >= 1
-    );
+    let first_sources: usize = response.headers()["x-warden-sources"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(first_sources >= 1);
     let body: serde_json::Value = response.json().await.unwrap();
     let sources = body["warden"]["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), first_sources);
     assert!(
         sources[0]["source"]
             .as_str()
@@ -196,6 +195,30 @@ async fn ingested_documents_are_found_and_injected_into_the_prompt() {
             .as_str()
             .unwrap()
             .ends_with("billing.txt")
+    );
+    let streamed_sources = chunks[0]["warden"]["sources"].as_array().unwrap().len();
+
+    // Operators see the same: chunks injected per collection, and the embed and search stages.
+    let metrics = warden.get("/metrics").await.text().await.unwrap();
+    let series = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert_eq!(
+        series(&format!(
+            "warden_retrieval_sources_total{{collection=\"{collection}\"}}"
+        )),
+        (first_sources + streamed_sources) as f64
+    );
+    assert_eq!(
+        series("warden_stage_duration_seconds_count{stage=\"embed\"}"),
+        2.0
+    );
+    assert_eq!(
+        series("warden_stage_duration_seconds_count{stage=\"search\"}"),
+        2.0
     );
 
     // Off for one request, and another collection for another.

@@ -102,4 +102,60 @@ async fn the_openai_python_sdk_raises_access_errors() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("4 passed"), "{stdout}");
+
+    // What the SDK run caused, as operators see it: per key, its requests, its refusal, and the
+    // tokens the backend reported for its two answers.
+    let metrics = warden.get("/metrics").await.text().await.unwrap();
+    let series = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    let chat = "route=\"/v1/chat/completions\",model=\"llama3.2\"";
+    assert_eq!(
+        series(&format!(
+            "warden_requests_total{{{chat},key=\"limited\",status=\"200\"}}"
+        )),
+        2.0
+    );
+    // The limit refuses before the body (and so the model) is read.
+    assert_eq!(
+        series(
+            "warden_requests_total{route=\"/v1/chat/completions\",model=\"\",key=\"limited\",status=\"429\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        series(&format!(
+            "warden_requests_total{{{chat},key=\"narrow\",status=\"404\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        series(
+            "warden_requests_total{route=\"/v1/chat/completions\",model=\"\",key=\"-\",status=\"401\"}"
+        ),
+        1.0,
+        "a wrong key is counted, under no key name"
+    );
+    assert_eq!(
+        series("warden_rate_limited_total{key=\"limited\",reason=\"requests_per_minute\"}"),
+        1.0
+    );
+    let usage: serde_json::Value =
+        serde_json::from_str(&crate::fake_upstream::fixture("openai/chat.json")).unwrap();
+    for direction in ["prompt", "completion"] {
+        let per_answer = usage["usage"][format!("{direction}_tokens")]
+            .as_f64()
+            .unwrap();
+        assert_eq!(
+            series(&format!(
+                "warden_tokens_total{{key=\"limited\",direction=\"{direction}\"}}"
+            )),
+            2.0 * per_answer,
+            "{direction}"
+        );
+    }
+    assert!(!metrics.contains("sk-"), "no key material in the metrics");
 }
