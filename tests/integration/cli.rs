@@ -36,6 +36,51 @@ fn version_prints_the_crate_version() {
 }
 
 #[test]
+fn keys_new_prints_a_fresh_key_and_keys_hash_gives_its_digest() {
+    let fresh = || {
+        let out = warden().args(["keys", "new"]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+                .trim()
+                .to_owned()
+        };
+        (field("key:"), field("key_sha256:"))
+    };
+    let (key, digest) = fresh();
+    assert!(key.starts_with("sk-warden-") && key.len() >= 64, "{key}");
+    assert_eq!(digest, sha256_hex(&key));
+    assert_ne!(fresh().0, key, "every key is new");
+
+    let hash = |input: &str| {
+        let mut child = warden()
+            .args(["keys", "hash"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = hash(&format!("{key}\n"));
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    let empty = hash("");
+    assert_eq!(empty.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("standard input"));
+}
+
+#[test]
 fn check_config_prints_the_effective_config_with_secrets_masked() {
     let text = "[backends.v]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key = \"env:CHECK_KEY\"\n[[models]]\nid = \"m\"\ntargets = [{ backend = \"v\", model = \"x\" }]\n";
     let path = temp_config("check", text);
