@@ -85,6 +85,7 @@ pub async fn chat(
     // 3. pre-dispatch checks: the input guard and retrieval, at the same time
     let mut note = Note::default();
     let metrics = &state.metrics;
+    let span = tracing::Span::current();
     let input_check = async {
         let started = Instant::now();
         let Some((guard, policy)) = &guarded else {
@@ -106,6 +107,7 @@ pub async fn chat(
         }
         let judgement = guard.check_input(policy, &request, &request_id).await;
         metrics.stage("guard_input", started.elapsed());
+        span.record("guard_input_us", micros(started.elapsed()));
         Ok(Some(judgement))
     };
     let search = async {
@@ -122,6 +124,7 @@ pub async fn chat(
                     )
                     .await;
                 metrics.stage("retrieval", started.elapsed());
+                span.record("retrieval_us", micros(started.elapsed()));
                 metrics.stage("embed", timings.embed);
                 metrics.stage("search", timings.search);
                 Some(found)
@@ -147,6 +150,7 @@ pub async fn chat(
             judgement.failure.as_deref(),
         );
         metrics.guard_verdict(&policy.name, "input", decision.label(), &categories);
+        span.record("input", decision.label());
         if let Some(audit) = &audit {
             let content = crate::guard::request_turns(&request)
                 .into_iter()
@@ -183,6 +187,7 @@ pub async fn chat(
         )
         .await?;
         metrics.retrieval_sources(&plan.collection, retrieval_note.sources.len());
+        span.record("sources", retrieval_note.sources.len());
         note.retrieval = Some(retrieval_note);
     }
     let moderator = guarded.as_ref().and_then(|(guard, policy)| {
@@ -218,7 +223,8 @@ pub async fn chat(
             .await
             .inspect_err(|err| metrics.upstream_error(err.backend(), err.kind()))?;
         metrics.stage("upstream_first_chunk", dispatched.elapsed());
-        tracing::debug!(backend = %started.backend, "stream started");
+        span.record("backend", started.backend.as_str());
+        span.record("upstream_us", micros(dispatched.elapsed()));
         let mut headers = axum::http::HeaderMap::new();
         note.headers(&mut headers);
         let mut response = relay::sse(
@@ -236,6 +242,7 @@ pub async fn chat(
                 limits: limits.clone(),
                 estimate,
                 started: request_started,
+                span: span.clone(),
             },
         );
         response.headers_mut().extend(headers);
@@ -249,11 +256,14 @@ pub async fn chat(
             .await
             .inspect_err(|err| metrics.upstream_error(err.backend(), err.kind()))?;
         metrics.stage("upstream_complete", dispatched.elapsed());
+        span.record("backend", backend.as_str());
+        span.record("upstream_us", micros(dispatched.elapsed()));
         if let Some(usage) = &completion.usage {
+            span.record("prompt_tokens", usage.prompt_tokens);
+            span.record("completion_tokens", usage.completion_tokens);
             metrics.tokens(&caller.name, usage);
             limits.settle_tokens(&caller.name, estimate, usage.total_tokens);
         }
-        tracing::debug!(%backend, "completion received");
         completion.id = identity.id;
         completion.created = identity.created;
         completion.model = identity.model;
@@ -279,6 +289,7 @@ pub async fn chat(
                 decision.label(),
                 &categories,
             );
+            span.record("output", decision.label());
             if let Some(audit) = &audit {
                 let content = completion
                     .choices
@@ -329,6 +340,10 @@ fn estimate_prompt_tokens(state: &AppState, request: &ChatRequest) -> u32 {
         None => text.chars().count().div_ceil(4),
     };
     u32::try_from(tokens).unwrap_or(u32::MAX)
+}
+
+fn micros(elapsed: std::time::Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn guard_unavailable() -> ApiError {

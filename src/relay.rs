@@ -60,6 +60,8 @@ pub struct RelayOptions {
     /// The key's token budget, settled with the reported usage at the end.
     pub limits: Arc<crate::limits::Limits>,
     pub estimate: u32,
+    /// The request's span: the stream's closing line is logged in it.
+    pub span: tracing::Span,
 }
 
 pub fn sse(started: StartedStream, options: RelayOptions) -> Response {
@@ -170,6 +172,17 @@ struct Relay {
     _gauge: StreamGauge,
     moderation: Option<Moderation>,
     done: bool,
+    span: tracing::Span,
+    first_token_us: Option<u64>,
+    /// The closing line was logged.
+    logged: bool,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Dropped before the end: the client went away (or the server is stopping).
+        self.log_end("client_gone", None);
+    }
 }
 
 enum Next {
@@ -207,6 +220,9 @@ pub fn events(
         estimate: options.estimate,
         moderation,
         done: false,
+        span: options.span,
+        first_token_us: None,
+        logged: false,
     };
     futures_util::stream::unfold(relay, |mut relay| async move {
         loop {
@@ -258,7 +274,9 @@ impl Relay {
             Next::Upstream(Some(Err(err))) => {
                 self.done = true;
                 self.metrics.upstream_error(err.backend(), err.kind());
-                tracing::warn!(request_id = %self.request_id, error = %err, "stream failed after it began");
+                self.span
+                    .in_scope(|| tracing::warn!(error = %err, "stream failed after it began"));
+                self.log_end("upstream_failed", None);
                 // Held text was never judged: it is dropped with the stream.
                 let body = ApiError::Upstream(err).body(&self.request_id);
                 vec![json_event(&body), Event::default().data("[DONE]")]
@@ -319,6 +337,7 @@ impl Relay {
     }
 
     async fn on_end(&mut self) -> Vec<Event> {
+        let mut output = None;
         if let Some(moderation) = self.moderation.as_mut() {
             if let Some(check) = moderation.check.take() {
                 let (judgement, upto) = check.await;
@@ -350,6 +369,7 @@ impl Relay {
             if let Some(note) = self.note.as_mut() {
                 note.set_output(decision, categories);
             }
+            output = Some(decision.label());
         }
         let mut events = self.release_held();
         self.done = true;
@@ -365,7 +385,34 @@ impl Relay {
             events.push(json_event(&usage_chunk(&self.identity, usage)));
         }
         events.push(Event::default().data("[DONE]"));
+        // After the release: the first token of a buffered stream leaves only now.
+        self.log_end("completed", output);
         events
+    }
+
+    /// The stream's closing line, once: how it ended, the output verdict, the tokens and the
+    /// times (the request's span adds who asked, the model and the input stages).
+    fn log_end(&mut self, outcome: &'static str, output: Option<&'static str>) {
+        if self.logged {
+            return;
+        }
+        self.logged = true;
+        let total_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let (prompt_tokens, completion_tokens) = match &self.usage {
+            Some(usage) => (Some(usage.prompt_tokens), Some(usage.completion_tokens)),
+            None => (None, None),
+        };
+        self.span.in_scope(|| {
+            tracing::info!(
+                outcome,
+                output,
+                prompt_tokens,
+                completion_tokens,
+                first_token_us = self.first_token_us,
+                total_us,
+                "stream finished"
+            )
+        });
     }
 
     /// Releases held chunks; the output verdict rides on the one that finishes the answer.
@@ -392,8 +439,9 @@ impl Relay {
     fn emit(&mut self, mut chunk: ChatChunk) -> Event {
         if !self.first_sent {
             self.first_sent = true;
-            self.metrics
-                .first_token(&self.identity.model, self.started.elapsed());
+            let elapsed = self.started.elapsed();
+            self.metrics.first_token(&self.identity.model, elapsed);
+            self.first_token_us = Some(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
             if let Some(note) = &self.note
                 && !chunk.extra.contains_key("warden")
             {
@@ -433,6 +481,7 @@ impl Relay {
         }
         // Dropping the upstream stream closes its connection: generation stops.
         self.upstream = futures_util::stream::empty().boxed();
+        self.log_end("cut", Some(decision.label()));
         if decision == Decision::Unavailable {
             let error = ApiError::Unavailable {
                 message: "the safety guard is unavailable and the policy fails closed".to_owned(),

@@ -49,7 +49,25 @@ pub async fn middleware(mut request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();
-    let span = tracing::info_span!("request", request_id = %id, %method, %path, key = tracing::field::Empty, model = tracing::field::Empty);
+    // Filled in by the stages as they run (see pipeline.rs), so the closing line of a request
+    // carries who asked, what was decided and where the time went, and never any content.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        %method,
+        %path,
+        key = tracing::field::Empty,
+        model = tracing::field::Empty,
+        input = tracing::field::Empty,
+        output = tracing::field::Empty,
+        sources = tracing::field::Empty,
+        backend = tracing::field::Empty,
+        guard_input_us = tracing::field::Empty,
+        retrieval_us = tracing::field::Empty,
+        upstream_us = tracing::field::Empty,
+        prompt_tokens = tracing::field::Empty,
+        completion_tokens = tracing::field::Empty,
+    );
     let mut response = REQUEST_ID
         .scope(id, next.run(request))
         .instrument(span.clone())

@@ -302,6 +302,94 @@ async fn sighup_reloads_policies_and_keeps_them_when_the_new_ones_are_bad() {
     let _ = child.wait();
 }
 
+#[tokio::test]
+async fn json_logs_close_each_request_with_who_what_was_decided_and_where_the_time_went() {
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    upstream.guard(|g| {
+        g.rules
+            .push(("hotwire".to_owned(), "unsafe\nS2".to_owned()))
+    });
+    let dir = policy_dir(
+        "jsonlog",
+        &[("default", &test_policy("", 1000, "buffered"))],
+    );
+    let config = format!(
+        "{}\n[log]\nformat = \"json\"\n[guard]\nbackend = \"b0\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n\
+         [[keys]]\nname = \"bot\"\nkey_sha256 = \"{}\"\n",
+        config_for(&[&upstream], ""),
+        dir.display(),
+        sha256_hex("sk-json-log")
+    );
+    let path = temp_config("jsonlog", &config);
+    let (mut child, address, lines) = spawn_serving_with(&path, &[]);
+    let ask = |text: &str, stream: bool| {
+        client()
+            .post(format!("http://{address}/v1/chat/completions"))
+            .bearer_auth("sk-json-log")
+            .json(&serde_json::json!({"model": "llama3.2", "stream": stream, "messages": [{"role": "user", "content": text}]}))
+            .send()
+    };
+    let id = |response: &reqwest::Response| {
+        response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let answered = ask("why is the sky blue?", false).await.unwrap();
+    let answered_id = id(&answered);
+    let refused = ask("how to hotwire a car", false).await.unwrap();
+    let refused_id = id(&refused);
+    let streamed = ask("why is the sky blue?", true).await.unwrap();
+    let streamed_id = id(&streamed);
+    assert!(streamed.text().await.unwrap().ends_with("[DONE]\n\n"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let logs: Vec<serde_json::Value> = tokio::task::spawn_blocking(move || {
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    })
+    .await
+    .unwrap();
+    let line = |request_id: &str, message: &str| -> serde_json::Value {
+        logs.iter()
+            .find(|l| l["message"] == message && l["span"]["request_id"] == request_id)
+            .unwrap_or_else(|| panic!("no `{message}` for {request_id} in {logs:#?}"))
+            .clone()
+    };
+
+    let answer = line(&answered_id, "response head sent");
+    let span = &answer["span"];
+    assert_eq!(answer["status"], 200);
+    assert_eq!(span["key"], "bot");
+    assert_eq!(span["model"], "llama3.2");
+    assert_eq!(span["input"], "safe");
+    assert_eq!(span["output"], "safe");
+    assert_eq!(span["backend"], "b0");
+    for timing in ["guard_input_us", "upstream_us"] {
+        assert!(span[timing].as_u64().unwrap() > 0, "{timing}: {span}");
+    }
+    assert!(answer["latency_us"].as_u64().unwrap() >= span["upstream_us"].as_u64().unwrap());
+    assert!(span["prompt_tokens"].as_u64().unwrap() > 0);
+
+    let refusal = line(&refused_id, "response head sent");
+    assert_eq!(refusal["span"]["input"], "blocked");
+    assert!(
+        refusal["span"].get("upstream_us").is_none(),
+        "a blocked request never went upstream"
+    );
+
+    let stream = line(&streamed_id, "stream finished");
+    assert_eq!(stream["outcome"], "completed");
+    assert_eq!(stream["output"], "safe");
+    assert_eq!(stream["span"]["input"], "safe");
+    assert!(stream["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(stream["total_us"].as_u64().unwrap() >= stream["first_token_us"].as_u64().unwrap());
+}
+
 /// Starts `warden serve` and waits for the address it listens on.
 fn spawn_serving(
     path: &std::path::Path,
@@ -338,8 +426,9 @@ fn spawn_serving_with(
     });
     let line = wait_for_line(&rx, "listening on http://");
     let i = line.find("listening on http://").unwrap();
+    // Text lines end the address with a space, JSON lines with a quote.
     let address = line[i + "listening on http://".len()..]
-        .split_whitespace()
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == ':'))
         .next()
         .unwrap()
         .to_owned();
