@@ -407,8 +407,8 @@ impl Store {
     }
 
     /// One round trip of [`Store::capabilities`] on a probe collection, which is dropped
-    /// whatever happens. Each schema gets its own name: the client caches a collection's schema
-    /// by name, and would fill a re-made probe by the schema of the one before.
+    /// whatever happens. Each schema gets its own name, so that no schema the client cached for
+    /// an earlier probe can apply to the next.
     async fn try_schema(&self, capabilities: Capabilities) -> Result<(), StoreError> {
         let probe = &format!(
             "{}{}{}",
@@ -531,10 +531,7 @@ impl Store {
                 .add_field(
                     varchar(FIELD_KEYWORDS, MAX_TEXT)
                         .enable_analyzer(true)
-                        .analyzer_params(json!({
-                            "tokenizer": "standard",
-                            "filter": ["lowercase", {"type": "stop", "stop_words": STOP_WORDS}],
-                        })),
+                        .analyzer_params(analyzer_params()),
                 )
                 .add_field(
                     FieldSchema::new()
@@ -610,10 +607,6 @@ impl Store {
         use milvus::proto::schema as proto;
         use milvus::schema::{CollectionSchemaBuilder, FieldSchema as V1Field};
         let varchar = |name: &str, max: u32| V1Field::new_varchar(name, "", max as i32);
-        let analyzer = json!({
-            "tokenizer": "standard",
-            "filter": ["lowercase", {"type": "stop", "stop_words": STOP_WORDS}],
-        });
         let mut builder = CollectionSchemaBuilder::new(name, "");
         builder
             .add_field(V1Field::new_primary_int64(FIELD_ID, "", true))
@@ -635,7 +628,7 @@ impl Store {
             .add_field(
                 varchar(FIELD_KEYWORDS, MAX_TEXT)
                     .add_type_param("enable_analyzer", "true")
-                    .add_type_param("analyzer_params", analyzer.to_string()),
+                    .add_type_param("analyzer_params", analyzer_params().to_string()),
             )
             .add_field(V1Field::new_sparse_float_vector(FIELD_SPARSE, ""))
             .add_function(proto::FunctionSchema {
@@ -1105,6 +1098,15 @@ impl Store {
             other => other,
         }
     }
+}
+
+/// What `keywords` goes through, in the index and in queries: Milvus's standard tokenizer,
+/// lower case, and the stop words.
+fn analyzer_params() -> serde_json::Value {
+    json!({
+        "tokenizer": "standard",
+        "filter": ["lowercase", {"type": "stop", "stop_words": STOP_WORDS}],
+    })
 }
 
 /// Whether a failed search asks for the collection to be loaded first: Milvus Lite says
