@@ -16,7 +16,8 @@
 //!    query embedding is the same in both).
 //!
 //! Arguments: COLLECTION QUESTIONS CORPUS_DIR [BASELINE_JSON]. Environment: MILVUS_EVAL_URI,
-//! EMBED_MODEL_DIR and ORT_DYLIB_PATH (the script sets them); EVAL_LATENCY_ROWS; EVAL_RETRIEVAL,
+//! EMBED_MODEL_DIR and ORT_DYLIB_PATH (the script sets them); EVAL_ENGINE (which Milvus, for the
+//! headings: `lite` or `lite25`); EVAL_LATENCY_ROWS; EVAL_RETRIEVAL,
 //! `[retrieval]` lines to try other settings (`fusion = "weighted"`, `rrf_k = 20`, …).
 
 #![expect(
@@ -132,8 +133,9 @@ async fn main() {
     );
 
     println!(
-        "## Retrieval quality: {} questions, {collection}, fusion {:?}",
+        "## Retrieval quality: {} questions, {collection} on {}, fusion {:?}",
         questions.len(),
+        engine(),
         knowledge.retrieval.fusion
     );
     println!();
@@ -220,6 +222,14 @@ async fn main() {
         .unwrap_or(10_000);
     if rows > 0 {
         latency(&knowledge, &questions, Path::new(corpus_dir), rows).await;
+    }
+}
+
+/// The Milvus under test, in words.
+fn engine() -> &'static str {
+    match std::env::var("EVAL_ENGINE").as_deref() {
+        Ok("lite25") => "Milvus Lite 2.5.1",
+        _ => "Milvus Lite 3.2.2",
     }
 }
 
@@ -317,7 +327,8 @@ async fn latency(knowledge: &Knowledge, questions: &[Question], corpus: &Path, r
     store.drop_collection(&collection).await.unwrap();
     println!();
     println!(
-        "## Search latency on {rows} chunks (filled and flushed in {filled:.1} s), {} searches per mode, {} results each",
+        "## Search latency on {rows} chunks on {} (filled and flushed in {filled:.1} s), {} searches per mode, {} results each",
+        engine(),
         times.get("dense").map_or(0, Vec::len),
         DEPTH * 3
     );

@@ -2,6 +2,7 @@
 # `make eval-retrieval`: retrieval quality on the machine's manual pages, through Warden's own path.
 #
 # Builds the corpus (scripts/eval-corpus.sh: 80 English man pages as Markdown), starts Milvus Lite
+# (EVAL_ENGINE=lite, the default: Milvus Lite 3.2.2; EVAL_ENGINE=lite25: Milvus Lite 2.5.1, C++)
 # on a free port with a fresh data folder, ingests the corpus with `warden ingest` (the release
 # binary, with a config written here), computes the pure-BM25 baseline without Milvus
 # (scripts/eval_bm25.py), then runs examples/eval_retrieval.rs: hit@1/3/5 and MRR@10 per mode for
@@ -16,7 +17,13 @@ evaluate="$target/release/examples/eval_retrieval"
 [[ -x "$warden" && -x "$evaluate" ]] ||
   { echo "eval-retrieval.sh: build first: cargo build --release --bin warden --example eval_retrieval" >&2; exit 1; }
 
-scripts/milvus.sh setup lite
+engine=${EVAL_ENGINE:-lite}
+case "$engine" in
+  lite | lite25) ;;
+  *) echo "eval-retrieval.sh: EVAL_ENGINE must be lite or lite25, got '$engine'" >&2; exit 2 ;;
+esac
+export EVAL_ENGINE="$engine"
+scripts/milvus.sh setup "$engine"
 scripts/models.sh setup
 eval "$(scripts/models.sh paths)"
 export ORT_DYLIB_PATH EMBED_MODEL_DIR
@@ -33,7 +40,7 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-pid=$(scripts/milvus.sh start-lite "$run_dir/milvus" "$port")
+pid=$(scripts/milvus.sh "start-$engine" "$run_dir/milvus" "$port")
 export MILVUS_EVAL_URI="http://127.0.0.1:$port"
 
 cat >"$run_dir/eval.toml" <<TOML
@@ -52,7 +59,7 @@ timeout_ms = 60000
 TOML
 
 collection=eval_manpages
-echo "== ingesting $corpus into $collection (Milvus Lite on port $port)" >&2
+echo "== ingesting $corpus into $collection (Milvus $engine on port $port)" >&2
 "$warden" ingest --config "$run_dir/eval.toml" --collection "$collection" "$corpus" >&2
 
 echo "== pure BM25 baseline (no Milvus)" >&2

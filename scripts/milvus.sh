@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Milvus servers for Warden's tests and local runs, from PyPI wheels only (no Docker).
 #
-#   scripts/milvus.sh setup [lite|standalone|all]   # venv + wheels (cold ~25-40 s, warm <0.1 s); default all
+#   scripts/milvus.sh setup [lite|lite25|standalone|all] # venvs + wheels (cold ~25-40 s, warm <0.1 s); default all
 #   scripts/milvus.sh start-lite DATA_DIR PORT       # Milvus Lite on 127.0.0.1:PORT; prints its PID
+#   scripts/milvus.sh start-lite25 DATA_DIR PORT     # Milvus Lite 2.5.1 (C++) on 127.0.0.1:PORT; prints its PID
 #   scripts/milvus.sh start-standalone DATA_DIR PORT # Milvus 2.3.5 engine on 127.0.0.1:PORT; prints its PID
 #   scripts/milvus.sh stop PID                       # graceful stop of what a start-* printed
 #                                                    # (SIGKILL after $MILVUS_STOP_TIMEOUT s, default 30)
@@ -22,6 +23,14 @@
 #   SPARSE_INVERTED_INDEX with metric BM25 (scores come back negated: best first, most negative).
 #   From milvus-sdk-rust, create indexes asynchronously and poll describe_index (see RECIPES.md;
 #   pymilvus's synchronous create_index works).
+# - Milvus Lite 2.5.1 (the C++ engine of Milvus 2.5 in one process, the last C++ release of Milvus
+#   Lite): the wheel's `milvus_lite/lib/milvus DB_FILE ADDRESS LOG_LEVEL` binary, run here directly
+#   (its Python `Server` wrapper imports pkg_resources, gone from setuptools 81). Ready in ~1 s,
+#   stops on SIGINT in ~1-3 s; data in DATA_DIR/milvus.db. Full-text search (BM25) and hybrid search
+#   work, and are fast (C++). But it refuses HNSW ("local mode only support FLAT IVF_FLAT AUTOINDEX")
+#   and fails every filter expression, even `tenant == "x"`, on a collection that has a partition key
+#   ("Invalid expr"): Warden finds both out by itself (src/store/mod.rs) and falls back to AUTOINDEX
+#   and a plain tenant field. GetVersion is unimplemented.
 # - Milvus 2.3.5 standalone (the real C++/Go engine, via the `milvus` wheel's launcher): ready in ~3 s
 #   on a fresh DATA_DIR (~270 MB of etcd/rocksmq files each), stops on SIGTERM in ~2 s, ~11 s when a
 #   collection is loaded, and sometimes not within 30 s (then SIGKILL) despite
@@ -42,6 +51,8 @@
 # Everything lives under ${WARDEN_CACHE:-$HOME/.cache/warden}, outside the clone:
 #   milvus-venv/             venv with milvus-lite, pymilvus (Lite needs it, undeclared) and milvus (~510 MB)
 #   milvus-venv/.stamp-*     one stamp per pinned set of wheels: setup skips a set that is installed
+#   milvus-lite25-venv/      venv with milvus-lite 2.5.1 alone (~180 MB): it cannot share milvus-venv,
+#                            where the same package name is at 3.2.2
 #   milvus-standalone/bin/   the 2.3.5 engine's binaries and libraries, unpacked from the wheel
 #
 # Recipe: /work/shared/RECIPES.md, "Milvus for tests and local use" (Milvus Lite 3.2.2; Milvus 2.3.5
@@ -60,6 +71,9 @@ STANDALONE_SET=(milvus==2.3.5) # 2.3.9 has no Linux wheel
 # A pinned set as a file-name part: "milvus-lite-3.2.2+pymilvus-3.0.2".
 set_id() { local IFS=+ joined; joined="$*"; echo "${joined//==/-}"; }
 LITE_STAMP="$VENV/.stamp-lite-$(set_id "${LITE_SET[@]}")"
+LITE25_VENV="$CACHE/milvus-lite25-venv"
+LITE25_SET=(milvus-lite==2.5.1)
+LITE25_STAMP="$LITE25_VENV/.stamp-lite25-$(set_id "${LITE25_SET[@]}")"
 STANDALONE_STAMP="$VENV/.stamp-standalone-$(set_id "${STANDALONE_SET[@]}")"
 UNPACKED_STAMP="$STANDALONE_HOME/.unpacked-$(set_id "${STANDALONE_SET[@]}")"
 
@@ -73,26 +87,30 @@ die() { log "$*"; exit 1; }
 # ---------------------------------------------------------------------------------------------
 # setup
 
-# A working venv (re-created when its Python is gone, e.g. after a Python upgrade).
+# ensure_venv [VENV]: a working venv (re-created when its Python is gone, e.g. after a Python upgrade).
 ensure_venv() {
-  if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c '' 2>/dev/null; then
+  local venv="${1:-$VENV}"
+  if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c '' 2>/dev/null; then
     return
   fi
-  log "venv: creating $VENV"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
+  log "venv: creating $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
 }
 
-# install_set NAME STAMP SPEC... : pip-installs SPEC... unless STAMP is there.
+# install_set NAME STAMP SPEC... : pip-installs SPEC... into the venv that holds STAMP, unless
+# STAMP is there.
 install_set() {
   local name="$1" stamp="$2"; shift 2
+  local venv
+  venv=$(dirname "$stamp")
   if [[ -f "$stamp" ]]; then
     log "$name: installed ($*)"
     return
   fi
   log "$name: installing $*"
-  "$VENV/bin/pip" install --disable-pip-version-check --quiet "$@"
-  rm -f "$VENV/.stamp-$name-"* # an older pinned set of the same name
+  "$venv/bin/pip" install --disable-pip-version-check --quiet "$@"
+  rm -f "$venv/.stamp-$name-"* # an older pinned set of the same name
   touch "$stamp"
 }
 
@@ -112,11 +130,19 @@ unpack_standalone() {
 
 setup() {
   local what="${1:-all}"
-  case "$what" in lite | standalone | all) ;; *) usage; exit 2 ;; esac
+  case "$what" in lite | lite25 | standalone | all) ;; *) usage; exit 2 ;; esac
   mkdir -p "$CACHE"
   # One setup at a time per cache (e.g. parallel CI jobs on one machine).
   exec 9>"$CACHE/.milvus-setup.lock"
   flock 9
+  if [[ $what == lite25 || $what == all ]]; then
+    ensure_venv "$LITE25_VENV"
+    install_set lite25 "$LITE25_STAMP" "${LITE25_SET[@]}"
+  fi
+  if [[ $what == lite25 ]]; then
+    log "setup done ($what)"
+    return
+  fi
   ensure_venv
   if [[ $what != standalone ]]; then install_set lite "$LITE_STAMP" "${LITE_SET[@]}"; fi
   if [[ $what != lite ]]; then
@@ -200,6 +226,27 @@ from milvus_lite.cmdline import main
 sys.argv[0] = "milvus-lite"
 sys.exit(main())' server --data-dir "$data" --host 127.0.0.1 --port "$port"
   wait_ready "$STARTED_PID" "$LITE_READY_TIMEOUT" "$logfile" "Milvus Lite" port_open "$port"
+  echo "$STARTED_PID"
+}
+
+start_lite25() {
+  (($# == 2)) || { usage; exit 2; }
+  local data="$1" port="$2"
+  check_port_arg PORT "$port"
+  [[ -f "$LITE25_STAMP" ]] ||
+    die "Milvus Lite 2.5.1 is not installed: run '$0 setup lite25' first"
+  require_free_ports "$port"
+  mkdir -p "$data"
+  data=$(cd "$data" && pwd)
+  local logfile="$data/milvus-lite25.log" lib
+  lib=$(echo "$LITE25_VENV"/lib/python3*/site-packages/milvus_lite/lib)
+  [[ -x "$lib/milvus" ]] || die "no Milvus Lite binary at $lib/milvus: run '$0 setup lite25' again"
+  echo "=== $(date -Is) start-lite25 port $port" >>"$logfile"
+  # What the wheel's Server(db_file, address) runs: the binary with its libraries beside it, the
+  # database file, the gRPC address and the log level.
+  spawn "$logfile" env LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    "$lib/milvus" "$data/milvus.db" "127.0.0.1:$port" "${MILVUS_LITE25_LOG_LEVEL:-ERROR}"
+  wait_ready "$STARTED_PID" "$LITE_READY_TIMEOUT" "$logfile" "Milvus Lite 2.5.1" port_open "$port"
   echo "$STARTED_PID"
 }
 
@@ -312,8 +359,8 @@ stop() {
     return
   fi
   grep -q milvus <<<"$members" || die "process group $pid is not a Milvus server: $members"
-  # Milvus Lite shuts down gracefully on SIGINT (SIGTERM kills it outright); the standalone engine on
-  # SIGTERM (the launcher's own SIGINT handler SIGKILLs the engine after 1 s).
+  # Milvus Lite shuts down gracefully on SIGINT (SIGTERM kills it outright; 2.5.1 stops on SIGINT too);
+  # the standalone engine on SIGTERM (the launcher's own SIGINT handler SIGKILLs the engine after 1 s).
   local sig=TERM
   if grep -q 'milvus[-_]lite' <<<"$members"; then sig=INT; fi
   kill -"$sig" -- "-$pid" 2>/dev/null || true
@@ -332,12 +379,14 @@ stop() {
 
 usage() {
   cat >&2 <<EOF
-usage: $0 setup [lite|standalone|all]
+usage: $0 setup [lite|lite25|standalone|all]
        $0 start-lite DATA_DIR PORT
+       $0 start-lite25 DATA_DIR PORT
        $0 start-standalone DATA_DIR PORT
        $0 stop PID
   setup             install Milvus Lite / the Milvus 2.3.5 standalone engine under $CACHE
   start-lite        start Milvus Lite on 127.0.0.1:PORT in the background; print its PID
+  start-lite25      start Milvus Lite 2.5.1 (C++) on 127.0.0.1:PORT in the background; print its PID
   start-standalone  start Milvus 2.3.5 on 127.0.0.1:PORT (uses PORT..PORT+11; health on PORT+1); print its PID
   stop              stop that process group (SIGINT for Lite, SIGTERM for standalone; SIGKILL after ${STOP_TIMEOUT}s)
 EOF
@@ -348,6 +397,7 @@ cmd="${1:-}"
 case "$cmd" in
   setup) setup "$@" ;;
   start-lite) start_lite "$@" ;;
+  start-lite25) start_lite25 "$@" ;;
   start-standalone) start_standalone "$@" ;;
   stop) stop "$@" ;;
   -h | --help | help) usage ;;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, with the real services it needs, all on 127.0.0.1 with free ports:
-#   - Milvus Lite 3.2.2 for the everyday suite, then the Milvus 2.3.5 standalone engine for the
-#     engine-compatibility run of the same store and retrieval tests;
+#   - Milvus Lite 3.2.2 for the everyday suite, then Milvus Lite 2.5.1 (C++) and the Milvus 2.3.5
+#     standalone engine for the engine-compatibility runs of the same store and retrieval tests;
 #   - the embedding model (all-MiniLM-L6-v2 as ONNX) and ONNX Runtime, from PyPI packages;
 #   - llama.cpp's llama-server with a small GGUF model, for the real OpenAI-compatible backend;
 #   - the official openai Python SDK (a venv made by `make sdk-venv`).
@@ -52,11 +52,16 @@ export ORT_DYLIB_PATH
 export EMBED_TEST_MODEL_DIR="$EMBED_MODEL_DIR"
 export LLAMA_SERVER_BIN LLAMA_MODEL
 export MILVUS_TEST_URI="http://127.0.0.1:$lite_port"
-# What the server under test can do, so tests check that Warden found out the same by itself.
-export MILVUS_TEST_FULL_TEXT=yes
+# What the server under test is and can do, so tests check that Warden found out the same by itself.
+export MILVUS_TEST_ENGINE=lite MILVUS_TEST_FULL_TEXT=yes
 cargo test --locked -- --include-ignored
+
+echo "== engine compatibility: store and retrieval tests on Milvus Lite 2.5.1"
+lite25_port=$(free_port)
+pids+=("$(scripts/milvus.sh start-lite25 "$run_dir/lite25" "$lite25_port")")
+MILVUS_TEST_URI="http://127.0.0.1:$lite25_port" MILVUS_TEST_ENGINE=lite25 MILVUS_TEST_FULL_TEXT=yes cargo test --locked --test integration -- --include-ignored store:: retrieval::
 
 echo "== engine compatibility: store and retrieval tests on Milvus 2.3.5 standalone"
 standalone_port=$(free_block)
 pids+=("$(scripts/milvus.sh start-standalone "$run_dir/standalone" "$standalone_port")")
-MILVUS_TEST_URI="http://127.0.0.1:$standalone_port" MILVUS_TEST_FULL_TEXT=no cargo test --locked --test integration -- --include-ignored store:: retrieval::
+MILVUS_TEST_URI="http://127.0.0.1:$standalone_port" MILVUS_TEST_ENGINE=standalone MILVUS_TEST_FULL_TEXT=no cargo test --locked --test integration -- --include-ignored store:: retrieval::

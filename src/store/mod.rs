@@ -10,7 +10,13 @@
 //! also has `keywords` (the chunk's text with its heading path, run through the server's
 //! analyzer) and `sparse` (its BM25 vector, computed by the server from `keywords`), so it can be
 //! searched by keyword and hybrid. Whether the server has it is found out by trying once
-//! ([`Store::full_text`]); a collection made without it is searched dense only.
+//! ([`Store::capabilities`]); a collection made without it is searched dense only.
+//!
+//! Two more things differ between servers and are found out the same way, by the server's
+//! answer: Milvus Lite 2.5.1 (C++) refuses HNSW ("local mode only support FLAT IVF_FLAT
+//! AUTOINDEX"), so the dense index falls back to AUTOINDEX; and it fails every filter expression
+//! on a collection with a partition key ("Invalid expr"), so the tenant there is a plain field.
+//! Either way every search, query and delete filters by tenant.
 
 use milvus::v2::prelude::*;
 use serde_json::json;
@@ -107,6 +113,8 @@ pub struct CollectionInfo {
     pub dimension: u32,
     /// Whether it has the BM25 index, so it can be searched by keyword and hybrid.
     pub full_text: bool,
+    /// Whether the tenant is its partition key (or a plain field; searches filter by it alike).
+    pub tenant_partition_key: bool,
 }
 
 /// What to search for: the question's embedding and its text.
@@ -116,15 +124,35 @@ pub struct Query<'a> {
     pub text: &'a str,
 }
 
+/// What the server can do, as far as the schema of a new collection depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// BM25 functions and sparse vectors: keyword and hybrid search.
+    pub full_text: bool,
+    /// Filters work on a collection whose tenant is the partition key (the tenant is then a
+    /// partition key; otherwise a plain field).
+    pub tenant_partition_key: bool,
+}
+
+/// The dense index Warden makes: HNSW, or AUTOINDEX where the server refuses HNSW.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseIndex {
+    Hnsw,
+    Auto,
+}
+
 pub struct Store {
     config: MilvusConfig,
     /// Connected on first use, so Warden starts (and says so in `/readyz`) while Milvus is down.
     client: tokio::sync::OnceCell<ClientV2>,
     consistency: ConsistencyLevel,
     timeout: Duration,
-    /// Whether the server has full-text search, once found out.
-    full_text: tokio::sync::OnceCell<bool>,
-    /// The probe collection's name, unique to this store (several may share a server).
+    /// What the server can do, once found out.
+    capabilities: tokio::sync::OnceCell<Capabilities>,
+    /// The dense index the server accepted, once one was made.
+    dense_index: std::sync::OnceLock<DenseIndex>,
+    /// The start of the probe collections' names, unique to this store (several may share a
+    /// server).
     probe: String,
 }
 
@@ -169,12 +197,13 @@ impl Store {
                 Consistency::Eventually => ConsistencyLevel::Eventually,
             },
             timeout: config.timeout,
-            full_text: tokio::sync::OnceCell::new(),
+            capabilities: tokio::sync::OnceCell::new(),
+            dense_index: std::sync::OnceLock::new(),
             probe: {
                 static STORES: std::sync::atomic::AtomicUsize =
                     std::sync::atomic::AtomicUsize::new(0);
                 format!(
-                    "warden_full_text_probe_{}_{}",
+                    "warden_probe_{}_{}_",
                     std::process::id(),
                     STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 )
@@ -182,8 +211,8 @@ impl Store {
         }
     }
 
-    /// The name of the collection [`Store::full_text`] makes and drops.
-    pub fn full_text_probe(&self) -> &str {
+    /// The start of the names of the collections [`Store::capabilities`] makes and drops.
+    pub fn probe_prefix(&self) -> &str {
         &self.probe
     }
 
@@ -286,10 +315,14 @@ impl Store {
         let full_text = [FIELD_KEYWORDS, FIELD_SPARSE]
             .iter()
             .all(|required| fields.iter().any(|f| f.get_name() == *required));
+        let tenant_partition_key = fields
+            .iter()
+            .any(|f| f.get_name() == FIELD_TENANT && f.is_partition_key());
         Ok(CollectionInfo {
             name: name.to_owned(),
             dimension,
             full_text,
+            tenant_partition_key,
         })
     }
 
@@ -306,46 +339,109 @@ impl Store {
         Ok(info)
     }
 
-    /// Whether the server has full-text search (BM25 functions and sparse vectors), found out
-    /// once by making, filling, searching and dropping a small collection: Milvus 2.3.5 accepts
-    /// such a collection but fails to index or fill it, so only the whole round trip tells.
-    /// An unreachable server is an error (asked again next time), not a "no".
+    /// Whether the server has full-text search (see [`Store::capabilities`]).
     pub async fn full_text(&self) -> Result<bool, StoreError> {
-        self.full_text
+        Ok(self.capabilities().await?.full_text)
+    }
+
+    /// [`Store::full_text`] when already found out, without asking the server.
+    pub fn full_text_known(&self) -> Option<bool> {
+        self.capabilities.get().map(|c| c.full_text)
+    }
+
+    /// The dense index this store made, once it made one (HNSW, or AUTOINDEX where refused).
+    pub fn dense_index(&self) -> Option<DenseIndex> {
+        self.dense_index.get().copied()
+    }
+
+    /// What the server can do, found out once by making, filling, searching (with the tenant
+    /// filter) and dropping a small collection, richest schema first: Milvus 2.3.5 accepts a
+    /// full-text collection but fails to index or fill it, and Milvus Lite 2.5.1 accepts a
+    /// partition key but then fails the filter, so only the whole round trip tells. A schema
+    /// counts as refused when the round trip fails while the server still answers; an
+    /// unreachable server is an error (asked again next time), not a "no".
+    pub async fn capabilities(&self) -> Result<Capabilities, StoreError> {
+        self.capabilities
             .get_or_try_init(|| async {
-                let probe = &self.probe;
-                let outcome = self.try_full_text(probe).await;
-                if self.has_collection(probe).await.unwrap_or(false)
-                    && let Err(error) = self.drop_collection(probe).await
-                {
-                    tracing::warn!(%error, collection = probe, "could not drop the full-text probe collection");
-                }
-                match outcome {
-                    Ok(()) => {
-                        tracing::info!(uri = %self.config.uri, "Milvus has full-text search: collections get a BM25 index, hybrid retrieval is on");
-                        Ok(true)
+                let mut refusals = Vec::new();
+                // Partition key outermost: Milvus 2.3.5 (no full text) then needs two round
+                // trips, Milvus Lite 2.5.1 (no filter on a partition key) three.
+                for tenant_partition_key in [true, false] {
+                    for full_text in [true, false] {
+                        let capabilities = Capabilities {
+                            full_text,
+                            tenant_partition_key,
+                        };
+                        match self.try_schema(capabilities).await {
+                            Ok(()) => {
+                                self.log_capabilities(capabilities, &refusals);
+                                return Ok(capabilities);
+                            }
+                            Err(StoreError::Unavailable(message)) if self.ping().await.is_ok() => {
+                                refusals.push(message);
+                            }
+                            Err(error) => return Err(error),
+                        }
                     }
-                    Err(StoreError::Unavailable(message)) if self.ping().await.is_ok() => {
-                        tracing::warn!(uri = %self.config.uri, reason = %message, "Milvus has no full-text search (BM25 needs Milvus 2.5 or later, or Milvus Lite 3): retrieval is dense only, hybrid and keyword requests are served dense");
-                        Ok(false)
-                    }
-                    Err(error) => Err(error),
                 }
+                Err(StoreError::Unavailable(format!(
+                    "Milvus refused every collection schema Warden makes: {}",
+                    refusals.join("; ")
+                )))
             })
             .await
             .copied()
     }
 
-    /// [`Store::full_text`] when already found out, without asking the server.
-    pub fn full_text_known(&self) -> Option<bool> {
-        self.full_text.get().copied()
+    fn log_capabilities(&self, capabilities: Capabilities, refusals: &[String]) {
+        let uri = &self.config.uri;
+        let refused = refusals.join("; ");
+        if capabilities.full_text {
+            tracing::info!(%uri, "Milvus has full-text search: collections get a BM25 index, hybrid retrieval is on");
+        } else {
+            tracing::warn!(%uri, reason = %refused, "Milvus has no full-text search (BM25 needs Milvus 2.5 or later, or Milvus Lite 3): retrieval is dense only, hybrid and keyword requests are served dense");
+        }
+        if !capabilities.tenant_partition_key {
+            tracing::warn!(%uri, reason = %refused, "Milvus cannot filter a collection that has a partition key: the tenant is a plain field of new collections, and every search still filters by it");
+        }
     }
 
-    async fn try_full_text(&self, probe: &str) -> Result<(), StoreError> {
-        self.create_with(probe, 2, true).await?;
+    /// One round trip of [`Store::capabilities`] on a probe collection, which is dropped
+    /// whatever happens. Each schema gets its own name, so that no schema the client cached for
+    /// an earlier probe can apply to the next.
+    async fn try_schema(&self, capabilities: Capabilities) -> Result<(), StoreError> {
+        let probe = &format!(
+            "{}{}{}",
+            self.probe,
+            if capabilities.full_text {
+                "bm25"
+            } else {
+                "dense"
+            },
+            if capabilities.tenant_partition_key {
+                "_pk"
+            } else {
+                ""
+            }
+        );
+        let outcome = self.try_schema_on(probe, capabilities).await;
+        if self.has_collection(probe).await.unwrap_or(false)
+            && let Err(error) = self.drop_collection(probe).await
+        {
+            tracing::warn!(%error, collection = probe, "could not drop the capability probe collection");
+        }
+        outcome
+    }
+
+    async fn try_schema_on(
+        &self,
+        probe: &str,
+        capabilities: Capabilities,
+    ) -> Result<(), StoreError> {
+        self.create_with(probe, 2, capabilities).await?;
         self.insert(
             probe,
-            true,
+            capabilities.full_text,
             vec![ChunkRow {
                 doc_id: "probe".to_owned(),
                 chunk_index: 0,
@@ -358,34 +454,36 @@ impl Store {
             }],
         )
         .await?;
-        self.search_mode(
-            probe,
-            "probe",
-            Query {
-                vector: &[1.0, 0.0],
-                text: "probe",
-            },
-            RetrievalMode::Keyword,
-            1,
-            Fusion::Rrf { k: 60 },
-        )
-        .await?;
+        let query = Query {
+            vector: &[1.0, 0.0],
+            text: "probe",
+        };
+        let mode = if capabilities.full_text {
+            RetrievalMode::Keyword
+        } else {
+            RetrievalMode::Dense
+        };
+        // Whether the row is found depends on the consistency level; that the search with the
+        // tenant filter is answered at all is what tells.
+        self.search_mode(probe, "probe", query, mode, 1, Fusion::Rrf { k: 60 })
+            .await?;
         Ok(())
     }
 
     /// Creates a collection for vectors of `dimension`, with the BM25 index where the server
     /// has full-text search, indexes and loads it.
     pub async fn create(&self, name: &str, dimension: usize) -> Result<CollectionInfo, StoreError> {
-        let full_text = self.full_text().await?;
-        self.create_with(name, dimension, full_text).await
+        let capabilities = self.capabilities().await?;
+        self.create_with(name, dimension, capabilities).await
     }
 
     async fn create_with(
         &self,
         name: &str,
         dimension: usize,
-        full_text: bool,
+        capabilities: Capabilities,
     ) -> Result<CollectionInfo, StoreError> {
+        let full_text = capabilities.full_text;
         if !valid_collection_name(name) {
             return Err(StoreError::Invalid(format!(
                 "`{name}` is not a valid collection name (letters, digits and `_`, starting with a letter)"
@@ -416,7 +514,7 @@ impl Store {
             )
             .add_field(varchar(FIELD_TEXT, MAX_TEXT))
             .add_field(varchar(FIELD_SOURCE, MAX_SHORT))
-            .add_field(varchar(FIELD_TENANT, 256).partition_key(true))
+            .add_field(varchar(FIELD_TENANT, 256).partition_key(capabilities.tenant_partition_key))
             .add_field(
                 FieldSchema::new()
                     .name(FIELD_METADATA)
@@ -433,10 +531,7 @@ impl Store {
                 .add_field(
                     varchar(FIELD_KEYWORDS, MAX_TEXT)
                         .enable_analyzer(true)
-                        .analyzer_params(json!({
-                            "tokenizer": "standard",
-                            "filter": ["lowercase", {"type": "stop", "stop_words": STOP_WORDS}],
-                        })),
+                        .analyzer_params(analyzer_params()),
                 )
                 .add_field(
                     FieldSchema::new()
@@ -459,15 +554,16 @@ impl Store {
             .map_err(failed)?;
         self.limit(self.client().await?.create_collection(request))
             .await?;
-        let dense_index = IndexParam::new()
-            .field_name(FIELD_VECTOR)
-            .index_type(IndexType::Hnsw)
-            .metric_type(MetricType::Ip)
-            .extra_params(HashMap::from([
-                ("M".to_owned(), "16".to_owned()),
-                ("efConstruction".to_owned(), "200".to_owned()),
-            ]));
-        self.create_index(name, dense_index).await?;
+        if full_text && !self.function_output_marked(name).await? {
+            self.drop_collection(name).await?;
+            if capabilities.tenant_partition_key {
+                return Err(StoreError::Unavailable(
+                    "Milvus does not mark the BM25 output field by itself, and a collection with a partition key cannot be made so that it is".to_owned(),
+                ));
+            }
+            self.create_marked(name, dimension).await?;
+        }
+        self.create_dense_index(name).await?;
         if full_text {
             let sparse_index = IndexParam::new()
                 .field_name(FIELD_SPARSE)
@@ -480,11 +576,136 @@ impl Store {
             name: name.to_owned(),
             dimension: dimension as u32,
             full_text,
+            tenant_partition_key: capabilities.tenant_partition_key,
         })
     }
 
-    /// An index (the dense one: inner-product HNSW on normalised vectors, i.e. cosine), created
-    /// without waiting (Milvus Lite answers the waiting form with Unimplemented) and polled
+    /// Whether the server took the BM25 function's output field (`sparse`) for what it is. Milvus
+    /// Lite 3 and Milvus ≥ 2.5 work it out from the function; Milvus Lite 2.5.1 keeps the field
+    /// as the client sent it, and this client (v2) cannot mark it, so it would then ask every
+    /// insert for the sparse vectors that the server should compute.
+    async fn function_output_marked(&self, name: &str) -> Result<bool, StoreError> {
+        let request = DescribeCollectionRequest::builder()
+            .collection_name(name)
+            .build()
+            .map_err(failed)?;
+        let response = self
+            .limit(self.client().await?.describe_collection(request))
+            .await?;
+        Ok(response
+            .description()
+            .get_schema()
+            .get_fields()
+            .iter()
+            .any(|f| f.get_name() == FIELD_SPARSE && f.is_function_output()))
+    }
+
+    /// Makes a full-text collection, with a plain tenant field, through the v1 client, which
+    /// marks the function's output field in the schema it sends (the same fields and analyzer as
+    /// [`Store::create_with`]; the v1 client cannot make a partition key). Said once.
+    async fn create_marked(&self, name: &str, dimension: usize) -> Result<(), StoreError> {
+        use milvus::proto::schema as proto;
+        use milvus::schema::{CollectionSchemaBuilder, FieldSchema as V1Field};
+        let varchar = |name: &str, max: u32| V1Field::new_varchar(name, "", max as i32);
+        let mut builder = CollectionSchemaBuilder::new(name, "");
+        builder
+            .add_field(V1Field::new_primary_int64(FIELD_ID, "", true))
+            .add_field(varchar(FIELD_DOC, 128))
+            .add_field(V1Field::new_int64(FIELD_CHUNK, ""))
+            .add_field(varchar(FIELD_TEXT, MAX_TEXT))
+            .add_field(varchar(FIELD_SOURCE, MAX_SHORT))
+            .add_field(varchar(FIELD_TENANT, 256))
+            .add_field(V1Field {
+                name: FIELD_METADATA.to_owned(),
+                dtype: proto::DataType::Json,
+                ..V1Field::empty()
+            })
+            .add_field(V1Field::new_float_vector(
+                FIELD_VECTOR,
+                "",
+                dimension as i64,
+            ))
+            .add_field(
+                varchar(FIELD_KEYWORDS, MAX_TEXT)
+                    .add_type_param("enable_analyzer", "true")
+                    .add_type_param("analyzer_params", analyzer_params().to_string()),
+            )
+            .add_field(V1Field::new_sparse_float_vector(FIELD_SPARSE, ""))
+            .add_function(proto::FunctionSchema {
+                name: BM25_FUNCTION.to_owned(),
+                r#type: proto::FunctionType::Bm25 as i32,
+                input_field_names: vec![FIELD_KEYWORDS.to_owned()],
+                output_field_names: vec![FIELD_SPARSE.to_owned()],
+                ..Default::default()
+            });
+        let schema = builder.build().map_err(failed)?;
+        let consistency = match self.config.consistency {
+            Consistency::Strong => milvus::proto::common::ConsistencyLevel::Strong,
+            Consistency::Session => milvus::proto::common::ConsistencyLevel::Session,
+            Consistency::Bounded => milvus::proto::common::ConsistencyLevel::Bounded,
+            Consistency::Eventually => milvus::proto::common::ConsistencyLevel::Eventually,
+        };
+        let client = self.v1_client().await?;
+        tokio::time::timeout(
+            self.timeout,
+            client.create_collection(
+                schema,
+                Some(milvus::options::CreateCollectionOptions::with_consistency_level(consistency)),
+            ),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("Milvus did not answer in time".to_owned()))?
+        .map_err(failed)?;
+        if !self.function_output_marked(name).await? {
+            return Err(StoreError::Unavailable(format!(
+                "Milvus does not keep `{FIELD_SPARSE}` as the BM25 function's output"
+            )));
+        }
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::info!(uri = %self.config.uri, "Milvus does not work out the BM25 output field by itself: full-text collections are made with it marked (v1 client)");
+        });
+        Ok(())
+    }
+
+    /// The dense index: inner-product HNSW on normalised vectors (i.e. cosine), or AUTOINDEX
+    /// with the same metric where the server refuses HNSW (Milvus Lite 2.5.1, found out on the
+    /// first collection made and said once).
+    async fn create_dense_index(&self, name: &str) -> Result<(), StoreError> {
+        let param = |index: DenseIndex| {
+            let param = IndexParam::new()
+                .field_name(FIELD_VECTOR)
+                .metric_type(MetricType::Ip);
+            match index {
+                DenseIndex::Hnsw => param
+                    .index_type(IndexType::Hnsw)
+                    .extra_params(HashMap::from([
+                        ("M".to_owned(), "16".to_owned()),
+                        ("efConstruction".to_owned(), "200".to_owned()),
+                    ])),
+                DenseIndex::Auto => param.index_type(IndexType::AutoIndex),
+            }
+        };
+        if let Some(index) = self.dense_index() {
+            return self.create_index(name, param(index)).await;
+        }
+        match self.create_index(name, param(DenseIndex::Hnsw)).await {
+            Ok(()) => {
+                let _ = self.dense_index.set(DenseIndex::Hnsw);
+                Ok(())
+            }
+            Err(StoreError::Unavailable(reason)) if self.ping().await.is_ok() => {
+                self.create_index(name, param(DenseIndex::Auto)).await?;
+                if self.dense_index.set(DenseIndex::Auto).is_ok() {
+                    tracing::warn!(uri = %self.config.uri, %reason, "Milvus refuses HNSW: dense indexes are AUTOINDEX (inner product)");
+                }
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// An index, created without waiting (Milvus Lite answers the waiting form with Unimplemented) and polled
     /// until built.
     async fn create_index(&self, name: &str, index: IndexParam) -> Result<(), StoreError> {
         let field = index.get_field_name().to_owned();
@@ -572,6 +793,15 @@ impl Store {
     }
 
     async fn list_names_only(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.v1_client().await?;
+        tokio::time::timeout(self.timeout, client.list_collections())
+            .await
+            .map_err(|_| StoreError::Unavailable("Milvus did not answer in time".to_owned()))?
+            .map_err(failed)
+    }
+
+    /// The v1 client, for the few calls the v2 client cannot make on some servers.
+    async fn v1_client(&self) -> Result<milvus::client::Client, StoreError> {
         let (username, password) = match self.config.token.as_ref().map(|t| t.expose().to_owned()) {
             Some(token) => match token.split_once(':') {
                 Some((user, pass)) => (Some(user.to_owned()), Some(pass.to_owned())),
@@ -579,8 +809,7 @@ impl Store {
             },
             None => (None, None),
         };
-        let late = || StoreError::Unavailable("Milvus did not answer in time".to_owned());
-        let client = tokio::time::timeout(
+        tokio::time::timeout(
             self.timeout,
             milvus::client::Client::with_timeout(
                 self.config.uri.clone(),
@@ -590,12 +819,8 @@ impl Store {
             ),
         )
         .await
-        .map_err(|_| late())?
-        .map_err(failed)?;
-        tokio::time::timeout(self.timeout, client.list_collections())
-            .await
-            .map_err(|_| late())?
-            .map_err(failed)
+        .map_err(|_| StoreError::Unavailable("Milvus did not answer in time".to_owned()))?
+        .map_err(failed)
     }
 
     /// Seals what was inserted into indexed segments. Milvus Lite scans unsealed rows one by one
@@ -873,6 +1098,15 @@ impl Store {
             other => other,
         }
     }
+}
+
+/// What `keywords` goes through, in the index and in queries: Milvus's standard tokenizer,
+/// lower case, and the stop words.
+fn analyzer_params() -> serde_json::Value {
+    json!({
+        "tokenizer": "standard",
+        "filter": ["lowercase", {"type": "stop", "stop_words": STOP_WORDS}],
+    })
 }
 
 /// Whether a failed search asks for the collection to be loaded first: Milvus Lite says

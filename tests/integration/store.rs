@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 use warden::config::{Consistency, Fusion, MilvusConfig, RetrievalMode};
-use warden::store::{ChunkRow, Query, Store, StoreError};
+use warden::store::{Capabilities, ChunkRow, DenseIndex, Query, Store, StoreError};
 
 pub fn milvus_uri() -> String {
     std::env::var("MILVUS_TEST_URI")
@@ -135,7 +135,7 @@ async fn full_text_is_detected_and_keyword_and_hybrid_search_find_exact_terms() 
     // The probe leaves nothing behind.
     let left = store.list().await.unwrap();
     assert!(
-        !left.iter().any(|n| n == store.full_text_probe()),
+        !left.iter().any(|n| n.starts_with(store.probe_prefix())),
         "{left:?}"
     );
     let name = unique("fulltext");
@@ -234,5 +234,74 @@ async fn full_text_is_detected_and_keyword_and_hybrid_search_find_exact_terms() 
         .await
         .unwrap();
     assert!(hybrid.iter().all(|h| h.doc_id != "exit"), "{hybrid:?}");
+    store.drop_collection(&name).await.unwrap();
+}
+
+/// Which server is under test (`make test` sets MILVUS_TEST_ENGINE): what it accepts, as the
+/// engine notes in scripts/milvus.sh say, and the dense index Warden should end up with.
+fn server_expectations() -> (Capabilities, DenseIndex) {
+    let (full_text, tenant_partition_key, index) = match std::env::var("MILVUS_TEST_ENGINE")
+        .as_deref()
+    {
+        Ok("lite") => (true, true, DenseIndex::Hnsw),
+        Ok("lite25") => (true, false, DenseIndex::Auto),
+        Ok("standalone") => (false, true, DenseIndex::Hnsw),
+        _ => panic!("MILVUS_TEST_ENGINE must say lite, lite25 or standalone (make test sets it)"),
+    };
+    let capabilities = Capabilities {
+        full_text,
+        tenant_partition_key,
+    };
+    (capabilities, index)
+}
+
+#[tokio::test]
+#[ignore = "needs Milvus (MILVUS_TEST_URI); `make test` runs it"]
+async fn the_schema_follows_what_the_server_accepts_and_tenants_stay_apart() {
+    let store = store().await;
+    let (expected, index) = server_expectations();
+    assert_eq!(store.capabilities().await.unwrap(), expected);
+    let name = unique("schema");
+    let info = store.create(&name, 8).await.unwrap();
+    assert_eq!(store.dense_index(), Some(index));
+    assert_eq!(info.tenant_partition_key, expected.tenant_partition_key);
+    assert_eq!(store.describe(&name).await.unwrap(), info);
+    // Both tenants' chunks match the words and lie on the query vector: only the filter that
+    // Warden adds keeps them apart, in every mode the collection has.
+    let text = "ERR_CONFIG_SYNTAX exit status";
+    store
+        .insert(
+            &name,
+            info.full_text,
+            vec![
+                keyword_row("mine", "t1", text, 0),
+                keyword_row("theirs", "t2", text, 0),
+            ],
+        )
+        .await
+        .unwrap();
+    let modes: &[RetrievalMode] = if info.full_text {
+        &[
+            RetrievalMode::Dense,
+            RetrievalMode::Keyword,
+            RetrievalMode::Hybrid,
+        ]
+    } else {
+        &[RetrievalMode::Dense]
+    };
+    let query = Query {
+        vector: &unit(8, 0),
+        text: "ERR_CONFIG_SYNTAX",
+    };
+    for &mode in modes {
+        for (tenant, doc) in [("t1", "mine"), ("t2", "theirs")] {
+            let hits = store
+                .search_mode(&name, tenant, query, mode, 5, Fusion::Rrf { k: 60 })
+                .await
+                .unwrap();
+            let docs: Vec<&str> = hits.iter().map(|h| h.doc_id.as_str()).collect();
+            assert_eq!(docs, [doc], "{mode:?} for {tenant}");
+        }
+    }
     store.drop_collection(&name).await.unwrap();
 }
