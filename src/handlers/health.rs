@@ -110,13 +110,10 @@ pub async fn readyz(state: AppState) -> (StatusCode, Json<Readiness>) {
     };
     let knowledge = KnowledgeStatus {
         full_text,
-        mode: state
-            .knowledge
-            .as_ref()
-            .map(|k| match (k.retrieval.mode, full_text) {
-                (crate::config::RetrievalMode::Dense, _) | (_, Some(false)) => "dense",
-                (mode, _) => mode.as_str(),
-            }),
+        mode: state.knowledge.as_ref().map(|k| {
+            // Not known yet counts as full text: the probe has not said otherwise.
+            crate::knowledge::effective_mode(k.retrieval.mode, full_text != Some(false)).as_str()
+        }),
         milvus: match &milvus {
             None => "disabled",
             Some(Ok(Ok(_))) => "up",

@@ -362,11 +362,7 @@ impl Knowledge {
             Ok(vector) => vector,
             Err(err) => return (Err(err.into()), timings),
         };
-        let mode = if info.full_text {
-            requested
-        } else {
-            RetrievalMode::Dense
-        };
+        let mode = effective_mode(requested, info.full_text);
         if vector.is_empty() && mode != RetrievalMode::Keyword {
             // Asked for keyword search on a dense-only collection: embed after all.
             let embedded = std::time::Instant::now();
@@ -413,6 +409,16 @@ pub struct Found {
     pub hits: Vec<Hit>,
     /// The mode used: the one asked for, or dense where the collection has no full text.
     pub mode: RetrievalMode,
+}
+
+/// The mode a search runs in: the one asked for, or dense where the collection (or the server)
+/// has no full text.
+pub fn effective_mode(requested: RetrievalMode, full_text: bool) -> RetrievalMode {
+    if full_text {
+        requested
+    } else {
+        RetrievalMode::Dense
+    }
 }
 
 /// The best `top_k` of `hits` (best first) at or above `min_score`, at most `per_doc` of one

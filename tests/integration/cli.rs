@@ -128,6 +128,51 @@ fn a_bad_config_exits_78_naming_the_file_and_key() {
 }
 
 #[tokio::test]
+async fn warden_serves_and_stops_on_sigterm_after_whatever_read_its_logs_went_away() {
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    let path = temp_config("stderr-gone", &config_for(&[&upstream], ""));
+    let mut child = warden()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut logs = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on http://") {
+        line.clear();
+        assert!(logs.read_line(&mut line).unwrap() > 0, "exited early");
+    }
+    let i = line.find("listening on http://").unwrap() + "listening on http://".len();
+    let address = line[i..].split_whitespace().next().unwrap().to_owned();
+    // The log reader goes away (a log shipper that died): every log line now fails to write.
+    drop(logs);
+    let response = client()
+        .post(format!("http://{address}/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "requests are still served");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("warden did not stop on SIGTERM with its stderr gone");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
 async fn sigterm_lets_a_stream_finish_then_exits_zero() {
     let upstream = FakeUpstream::start(Flavor::OpenAi).await;
     upstream.script(|s| s.frame_delay = Duration::from_millis(100));
