@@ -253,6 +253,7 @@ async fn orchestrate() {
     drop(warden);
     guard_section(&client, &warden_bin, &dir, upstream_port, seconds).await;
     keys_section(&warden_bin, &dir, upstream_port, seconds).await;
+    layers_section(upstream_port).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -677,4 +678,84 @@ async fn keys_section(
         p50s[1].2 - p50s[0].2,
         (p50s[1].2 - p50s[0].2) * 1024.0 * 1024.0 / count as f64
     );
+}
+
+/// What the layers in front of every handler cost, measured in-process, without the network
+/// and the upstream that dominate the figures above: the same `GET /v1/models` through the bare
+/// routes (with the caller put in by hand) and through `build_app` (request id, generation pin,
+/// body limit, auth over every key, metrics, rate limits), alternately, with no keys and with
+/// BENCH_KEYS keys (each with a request limit and a concurrency cap).
+async fn layers_section(upstream_port: u16) {
+    use tower::ServiceExt;
+    let count = env_or("BENCH_KEYS", 10_000) as usize;
+    let calls = env_or("BENCH_LAYER_CALLS", 20_000) as usize;
+    println!();
+    println!(
+        "## Layers in-process: GET /v1/models through the bare routes and through build_app, {calls} calls each"
+    );
+    println!();
+    println!("| setup | bare p50 (µs) | layered p50 (µs) | added p50 (µs) | added p99 (µs) |");
+    println!("|---|---|---|---|---|");
+    let mut keys = String::new();
+    for i in 0..count {
+        keys.push_str(&format!(
+            "[[keys]]\nname = \"key-{i}\"\nkey_sha256 = \"{}\"\nrequests_per_minute = 100000000\nmax_concurrent = 1000\n",
+            sha256_hex(&format!("sk-bench-{i}"))
+        ));
+    }
+    let base = format!(
+        "[limits]\nmax_concurrent_requests = 100000\n[backends.up]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{upstream_port}/v1\"\n[[models]]\nid = \"llama3.2\"\ntargets = [{{ backend = \"up\", model = \"llama3.2\" }}]\n"
+    );
+    let bearer = format!("Bearer sk-bench-{}", count / 2);
+    for (name, extra) in [("no keys", String::new()), ("keys", keys)] {
+        let config = warden::config::Config::parse(
+            &format!("{base}{extra}"),
+            std::path::Path::new("bench.toml"),
+            &warden::config::MapEnv::default(),
+        )
+        .unwrap();
+        let shared = warden::SharedState::new(warden::AppState::new(config).unwrap());
+        let caller =
+            warden::auth::authenticate(&shared.current(), Some(&bearer["Bearer ".len()..]))
+                .unwrap();
+        let bare = warden::routes::routes()
+            .layer(axum::Extension(caller))
+            .with_state(shared.clone());
+        let layered = warden::build_app(shared);
+        let mut times: [Vec<f64>; 2] = [Vec::with_capacity(calls), Vec::with_capacity(calls)];
+        for round in 0..calls + 1_000 {
+            for (which, app) in [&bare, &layered].into_iter().enumerate() {
+                let request = axum::http::Request::get("/v1/models")
+                    .header("authorization", &bearer)
+                    .body(Body::empty())
+                    .unwrap();
+                let started = Instant::now();
+                let response = app.clone().oneshot(request).await.unwrap();
+                assert!(
+                    response.status().is_success(),
+                    "{name}: {}",
+                    response.status()
+                );
+                let _ = axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                // The first thousand warm up.
+                if round >= 1_000 {
+                    times[which].push(started.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+        }
+        let label = if name == "keys" {
+            format!("{count} keys")
+        } else {
+            name.to_owned()
+        };
+        println!(
+            "| {label} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            pct(&times[0], 50.0),
+            pct(&times[1], 50.0),
+            pct(&times[1], 50.0) - pct(&times[0], 50.0),
+            pct(&times[1], 99.0) - pct(&times[0], 99.0)
+        );
+    }
 }

@@ -249,23 +249,32 @@ pub struct Reloaded {
 /// Who may call and how much: the keys and the limiters made from them.
 pub struct Access {
     pub keys: Vec<crate::config::KeyConfig>,
+    /// Each key's place in `keys` by the SHA-256 of the key, to find a caller in one lookup.
+    pub by_digest: HashMap<[u8; 32], usize>,
     pub limits: Arc<Limits>,
 }
 
 impl Access {
     pub fn new(config: &Config) -> Access {
-        Access {
-            keys: config.keys.clone(),
-            limits: Arc::new(Limits::new(config, None)),
-        }
+        Access::with_limits(config, Limits::new(config, None))
     }
 
     /// The keys of `config`, carrying over the counts of every limit that did not change, so a
     /// reload does not hand every caller a fresh minute.
     fn next(previous: &Access, config: &Config) -> Access {
+        Access::with_limits(config, Limits::new(config, Some(&previous.limits)))
+    }
+
+    fn with_limits(config: &Config, limits: Limits) -> Access {
         Access {
             keys: config.keys.clone(),
-            limits: Arc::new(Limits::new(config, Some(&previous.limits))),
+            by_digest: config
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, key)| (key.sha256, i))
+                .collect(),
+            limits: Arc::new(limits),
         }
     }
 }

@@ -3,13 +3,6 @@
 use crate::common::*;
 use crate::fake_upstream::Flavor;
 
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_requests_verdicts_streams_and_errors() {
     let (upstream, warden) = guarded(
@@ -70,13 +63,13 @@ async fn metrics_count_requests_verdicts_streams_and_errors() {
             .starts_with("text/plain; version=0.0.4")
     );
     let text = response.text().await.unwrap();
-    let ok = value(
+    let ok = metric(
         &text,
         "warden_requests_total{route=\"/v1/chat/completions\",model=\"llama3.2\",key=\"anonymous\",status=\"200\"}",
     );
     assert_eq!(ok, Some(4.0), "{text}");
     assert_eq!(
-        value(
+        metric(
             &text,
             "warden_requests_total{route=\"/v1/chat/completions\",model=\"unknown\",key=\"anonymous\",status=\"404\"}"
         ),
@@ -87,39 +80,39 @@ async fn metrics_count_requests_verdicts_streams_and_errors() {
         "made-up names do not become labels"
     );
     assert_eq!(
-        value(
+        metric(
             &text,
             "warden_guard_verdicts_total{policy=\"default\",turn=\"input\",verdict=\"blocked\",category=\"S2\"}"
         ),
         Some(1.0)
     );
-    assert!(value(&text, "warden_guard_verdicts_total{policy=\"default\",turn=\"output\",verdict=\"safe\",category=\"\"}").unwrap() >= 3.0);
+    assert!(metric(&text, "warden_guard_verdicts_total{policy=\"default\",turn=\"output\",verdict=\"safe\",category=\"\"}").unwrap() >= 3.0);
     assert_eq!(
-        value(
+        metric(
             &text,
             "warden_upstream_errors_total{backend=\"b0\",kind=\"status\"}"
         ),
         Some(1.0)
     );
     assert_eq!(
-        value(
+        metric(
             &text,
             "warden_time_to_first_token_seconds_count{model=\"llama3.2\"}"
         ),
         Some(1.0)
     );
     assert!(
-        value(
+        metric(
             &text,
             "warden_stage_duration_seconds_count{stage=\"guard_input\"}"
         )
         .unwrap()
             >= 4.0
     );
-    assert_eq!(value(&text, "warden_streams_in_flight"), Some(0.0));
+    assert_eq!(metric(&text, "warden_streams_in_flight"), Some(0.0));
     // Two non-streamed answers and one stream of the recorded fixtures: 3 × 31 prompt tokens.
     assert_eq!(
-        value(
+        metric(
             &text,
             "warden_tokens_total{key=\"anonymous\",direction=\"prompt\"}"
         ),

@@ -201,10 +201,7 @@ async fn ingested_documents_are_found_and_injected_into_the_prompt() {
     // Operators see the same: chunks injected per collection, and the embed and search stages.
     let metrics = warden.get("/metrics").await.text().await.unwrap();
     let series = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+        metric(&metrics, name).unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
     };
     assert_eq!(
         series(&format!(

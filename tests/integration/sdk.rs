@@ -107,10 +107,7 @@ async fn the_openai_python_sdk_raises_access_errors() {
     // tokens the backend reported for its two answers.
     let metrics = warden.get("/metrics").await.text().await.unwrap();
     let series = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+        metric(&metrics, name).unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
     };
     let chat = "route=\"/v1/chat/completions\",model=\"llama3.2\"";
     assert_eq!(
