@@ -657,7 +657,9 @@ pub async fn reload(shared: &SharedState) {
     };
     let keys = next.config.keys.len();
     let models = next.pool.model_ids().to_vec();
-    let prepare = reloaded.milvus_changed.then(|| next.clone());
+    // Models may name collections that do not exist yet, and a new Milvus has none of them:
+    // made or checked as at start-up (a few describe calls when nothing changed).
+    let prepare = next.clone();
     let guarded = next.guard.clone();
     shared.replace(next);
     current.metrics.reload("ok");
@@ -674,9 +676,7 @@ pub async fn reload(shared: &SharedState) {
     if !reloaded.needs_restart.is_empty() {
         tracing::warn!(settings = ?reloaded.needs_restart, "these changes take effect at the next restart");
     }
-    if let Some(state) = prepare {
-        prepare_collections(&state).await;
-    }
+    prepare_collections(&prepare).await;
 }
 
 async fn wait_for_signal() {

@@ -165,7 +165,6 @@ impl AppState {
                 _ => {
                     if previous.is_some() {
                         reloaded.rebuilt.push("milvus");
-                        reloaded.milvus_changed = true;
                     }
                     Some(Arc::new(Knowledge::new(
                         embedder.clone(),
@@ -242,8 +241,6 @@ pub struct Reloaded {
     pub needs_restart: Vec<&'static str>,
     /// The policies folder did not load: the policies in force stay.
     pub policy_error: Option<String>,
-    /// A new Milvus client: its collections need preparing again.
-    pub milvus_changed: bool,
 }
 
 /// Who may call and how much: the keys and the limiters made from them.

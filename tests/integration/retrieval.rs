@@ -950,3 +950,54 @@ async fn chat_requests_search_in_their_mode_within_the_limits_of_the_config() {
     assert_eq!(bad.status(), 400);
     knowledge.store.drop_collection(&collection).await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs Milvus and the embedding model; `make test` runs it"]
+async fn a_reload_keeps_the_embedding_model_and_makes_the_collections_models_name() {
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    let collection = unique("reloaded");
+    let dir = std::env::temp_dir().join(format!("warden-reload-rag-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("warden.toml");
+    let base = format!("{}\n{}", config_for(&[&upstream], ""), knowledge_config());
+    std::fs::write(&path, &base).unwrap();
+    let config = Config::load(&path, &MapEnv::default()).unwrap();
+    let shared = warden::SharedState::new(warden::AppState::new(config).unwrap());
+    let first = shared.current();
+    let store = first.knowledge.as_ref().unwrap().store.clone();
+    assert!(!store.has_collection(&collection).await.unwrap());
+
+    // The model now searches a collection that does not exist yet, with another top_k.
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[retrieval]\ntop_k = 2\n",
+            base.replace(
+                "balance = \"round_robin\"",
+                &format!("balance = \"round_robin\"\ncollection = \"{collection}\"")
+            )
+        ),
+    )
+    .unwrap();
+    warden::cli::reload(&shared).await;
+    let next = shared.current();
+    assert!(!Arc::ptr_eq(&first, &next), "a new generation is in force");
+    let (before, after) = (
+        first.knowledge.as_ref().unwrap(),
+        next.knowledge.as_ref().unwrap(),
+    );
+    assert!(
+        Arc::ptr_eq(&before.embedder, &after.embedder),
+        "the embedding model is not loaded again"
+    );
+    assert!(
+        Arc::ptr_eq(&before.store, &after.store),
+        "nor the Milvus client made again"
+    );
+    assert_eq!(after.retrieval.top_k, 2);
+    assert!(
+        store.has_collection(&collection).await.unwrap(),
+        "the reload made the collection the model names"
+    );
+    store.drop_collection(&collection).await.unwrap();
+}
