@@ -73,61 +73,6 @@ impl AppState {
                 Arc::new(Pool::new(&config)?)
             }
         };
-        let guard = match &config.guard {
-            None => {
-                tracing::warn!(
-                    "no [guard] in the config: requests and responses are NOT moderated"
-                );
-                None
-            }
-            Some(guard_config) => {
-                let key_policies: Vec<(String, String)> = config
-                    .keys
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, k)| k.policy.clone().map(|p| (format!("keys[{i}].policy"), p)))
-                    .collect();
-                let reusable = previous.and_then(|p| p.guard.clone()).filter(|_| {
-                    kept_pool
-                        && same(|r| json(&r.guard))
-                        && same(|r| json(&r.keys.iter().map(|k| &k.policy).collect::<Vec<_>>()))
-                });
-                match reusable {
-                    Some(guard) => {
-                        // Same guard, same names in use: only the policy files are read again;
-                        // bad files keep the policies in force and the rest of the reload.
-                        match guard.reload() {
-                            Ok(_) => reloaded.rebuilt.push("policies"),
-                            Err(err) => reloaded.policy_error = Some(err.to_string()),
-                        }
-                        Some(guard)
-                    }
-                    None => {
-                        let backend = pool.backend(&guard_config.backend).ok_or_else(|| {
-                            format!("guard.backend: unknown backend `{}`", guard_config.backend)
-                        })?;
-                        let model_policies: HashMap<String, String> = config
-                            .models
-                            .iter()
-                            .filter_map(|m| m.policy.clone().map(|p| (m.id.clone(), p)))
-                            .collect();
-                        let guard = Guard::new(guard_config, backend, model_policies, key_policies)
-                            .map_err(|e| e.to_string())?;
-                        tracing::info!(
-                            model = %guard.model,
-                            backend = %guard.backend_name,
-                            policies = ?guard.policy_names(),
-                            default_policy = %guard.default_policy,
-                            "guard enabled"
-                        );
-                        if previous.is_some() {
-                            reloaded.rebuilt.push("guard");
-                        }
-                        Some(Arc::new(guard))
-                    }
-                }
-            }
-        };
         let embedder = match (&config.embeddings, previous) {
             (None, _) => None,
             (Some(_), Some(p)) if p.embedder.is_some() && same(|r| json(&r.embeddings)) => {
@@ -185,6 +130,63 @@ impl AppState {
                 Some(Arc::new(Audit::open(path, *include_content).map_err(
                     |e| format!("audit.path: cannot open {}: {e}", path.display()),
                 )?))
+            }
+        };
+        // Last of the fallible steps: reusing the guard re-reads the policies in place, which
+        // must not happen when a later step fails and the reload is refused.
+        let guard = match &config.guard {
+            None => {
+                tracing::warn!(
+                    "no [guard] in the config: requests and responses are NOT moderated"
+                );
+                None
+            }
+            Some(guard_config) => {
+                let key_policies: Vec<(String, String)> = config
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, k)| k.policy.clone().map(|p| (format!("keys[{i}].policy"), p)))
+                    .collect();
+                let reusable = previous.and_then(|p| p.guard.clone()).filter(|_| {
+                    kept_pool
+                        && same(|r| json(&r.guard))
+                        && same(|r| json(&r.keys.iter().map(|k| &k.policy).collect::<Vec<_>>()))
+                });
+                match reusable {
+                    Some(guard) => {
+                        // Same guard, same names in use: only the policy files are read again;
+                        // bad files keep the policies in force and the rest of the reload.
+                        match guard.reload() {
+                            Ok(_) => reloaded.rebuilt.push("policies"),
+                            Err(err) => reloaded.policy_error = Some(err.to_string()),
+                        }
+                        Some(guard)
+                    }
+                    None => {
+                        let backend = pool.backend(&guard_config.backend).ok_or_else(|| {
+                            format!("guard.backend: unknown backend `{}`", guard_config.backend)
+                        })?;
+                        let model_policies: HashMap<String, String> = config
+                            .models
+                            .iter()
+                            .filter_map(|m| m.policy.clone().map(|p| (m.id.clone(), p)))
+                            .collect();
+                        let guard = Guard::new(guard_config, backend, model_policies, key_policies)
+                            .map_err(|e| e.to_string())?;
+                        tracing::info!(
+                            model = %guard.model,
+                            backend = %guard.backend_name,
+                            policies = ?guard.policy_names(),
+                            default_policy = %guard.default_policy,
+                            "guard enabled"
+                        );
+                        if previous.is_some() {
+                            reloaded.rebuilt.push("guard");
+                        }
+                        Some(Arc::new(guard))
+                    }
+                }
             }
         };
         if let Some(p) = previous {

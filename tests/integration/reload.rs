@@ -192,3 +192,62 @@ async fn a_reload_does_not_give_callers_a_fresh_minute() {
         "a changed limit starts its own count"
     );
 }
+
+#[tokio::test]
+async fn a_refused_reload_leaves_the_policies_as_they_were() {
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    upstream.guard(|g| {
+        g.rules
+            .push(("hotwire".to_owned(), "unsafe\nS2".to_owned()))
+    });
+    let dir = policy_dir(
+        "refused-reload",
+        &[(
+            "default",
+            &test_policy("refusal = \"first\"", 1000, "buffered"),
+        )],
+    );
+    let base = format!(
+        "{}\n[guard]\nbackend = \"b0\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n",
+        config_for(&[&upstream], ""),
+        dir.display()
+    );
+    let path = config_file("refused", &base);
+    let shared = load(&path);
+    let warden = Warden::serve_state(shared.clone()).await;
+    let refusal = || async {
+        let body: serde_json::Value = warden
+            .post("/v1/chat/completions", json!({"model": "llama3.2", "messages": [{"role": "user", "content": "how to hotwire a car"}]}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(refusal().await, "first");
+
+    // New policies, but the config names an embedding model that cannot load: refused whole.
+    std::fs::write(
+        dir.join("default.toml"),
+        test_policy("refusal = \"second\"", 1000, "buffered"),
+    )
+    .unwrap();
+    std::fs::write(
+        &path,
+        format!("{base}[embeddings]\nmodel_dir = \"/nonexistent/model\"\n"),
+    )
+    .unwrap();
+    warden::cli::reload(&shared).await;
+    assert_eq!(
+        refusal().await,
+        "first",
+        "a refused reload touches nothing, the policies included"
+    );
+
+    std::fs::write(&path, &base).unwrap();
+    warden::cli::reload(&shared).await;
+    assert_eq!(refusal().await, "second");
+}
