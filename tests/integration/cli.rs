@@ -131,13 +131,15 @@ fn a_bad_config_exits_78_naming_the_file_and_key() {
 async fn warden_serves_and_stops_on_sigterm_after_whatever_read_its_logs_went_away() {
     let upstream = FakeUpstream::start(Flavor::Ollama).await;
     let path = temp_config("stderr-gone", &config_for(&[&upstream], ""));
-    let mut child = warden()
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Serving(
+        warden()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut logs = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("listening on http://") {
@@ -435,14 +437,34 @@ async fn json_logs_close_each_request_with_who_what_was_decided_and_where_the_ti
     assert!(stream["total_us"].as_u64().unwrap() >= stream["first_token_us"].as_u64().unwrap());
 }
 
+/// A `warden serve` that a test started: killed when the test ends, even by a failed assertion,
+/// so no server outlives its test.
+struct Serving(std::process::Child);
+
+impl std::ops::Deref for Serving {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serving {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `warden serve` and waits for the address it listens on.
-fn spawn_serving(
-    path: &std::path::Path,
-) -> (
-    std::process::Child,
-    String,
-    std::sync::mpsc::Receiver<String>,
-) {
+fn spawn_serving(path: &std::path::Path) -> (Serving, String, std::sync::mpsc::Receiver<String>) {
     spawn_serving_with(path, &[("RUST_LOG", "info")])
 }
 
@@ -450,18 +472,16 @@ fn spawn_serving(
 fn spawn_serving_with(
     path: &std::path::Path,
     env: &[(&str, &str)],
-) -> (
-    std::process::Child,
-    String,
-    std::sync::mpsc::Receiver<String>,
-) {
-    let mut child = warden()
-        .args(["serve", "--config"])
-        .arg(path)
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+) -> (Serving, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = Serving(
+        warden()
+            .args(["serve", "--config"])
+            .arg(path)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
