@@ -1101,11 +1101,17 @@ impl Store {
 }
 
 /// What `keywords` goes through, in the index and in queries: Milvus's standard tokenizer,
-/// lower case, and the stop words.
+/// lower case, the stop words (matched before stemming, in the form they are listed), then
+/// Milvus's English stemmer ("connections" finds "connection"). Milvus Lite 3.2.2 accepts the
+/// stemmer and does not apply it; Milvus Lite 2.5.1 and Milvus ≥ 2.5 do.
 fn analyzer_params() -> serde_json::Value {
     json!({
         "tokenizer": "standard",
-        "filter": ["lowercase", {"type": "stop", "stop_words": STOP_WORDS}],
+        "filter": [
+            "lowercase",
+            {"type": "stop", "stop_words": STOP_WORDS},
+            {"type": "stemmer", "language": "english"},
+        ],
     })
 }
 
