@@ -287,18 +287,7 @@ async fn guard_classifies_a_text_from_the_command_line() {
 #[tokio::test]
 async fn sighup_reloads_policies_and_keeps_them_when_the_new_ones_are_bad() {
     let upstream = FakeUpstream::start(Flavor::Ollama).await;
-    let dir = policy_dir(
-        "sighup",
-        &[(
-            "default",
-            &test_policy("refusal = \"first\"", 1000, "buffered"),
-        )],
-    );
-    let config = format!(
-        "{}\n[guard]\nbackend = \"b0\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n",
-        config_for(&[&upstream], ""),
-        dir.display()
-    );
+    let (config, dir) = guarded_config("sighup", &upstream, "first");
     let path = temp_config("sighup", &config);
     let (mut child, address, lines) = spawn_serving(&path);
     upstream.guard(|g| {

@@ -196,6 +196,28 @@ pub fn test_policy(top: &str, window: usize, mode: &str) -> String {
     text
 }
 
+/// A config whose guard is `upstream` (model `llama-guard3:1b`) with one `default` policy that
+/// answers `refusal`; also the policy folder, for a test that rewrites it.
+pub fn guarded_config(
+    test: &str,
+    upstream: &FakeUpstream,
+    refusal: &str,
+) -> (String, std::path::PathBuf) {
+    let dir = policy_dir(
+        test,
+        &[(
+            "default",
+            &test_policy(&format!("refusal = \"{refusal}\""), 1000, "buffered"),
+        )],
+    );
+    let config = format!(
+        "{}\n[guard]\nbackend = \"b0\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n",
+        config_for(&[upstream], ""),
+        dir.display()
+    );
+    (config, dir)
+}
+
 /// Warden with one chat upstream that also serves the guard model, and a policy folder.
 pub async fn guarded(flavor: Flavor, test: &str, policy: &str) -> (FakeUpstream, Warden) {
     let upstream = FakeUpstream::start(flavor).await;

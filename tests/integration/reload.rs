@@ -200,18 +200,7 @@ async fn a_refused_reload_leaves_the_policies_as_they_were() {
         g.rules
             .push(("hotwire".to_owned(), "unsafe\nS2".to_owned()))
     });
-    let dir = policy_dir(
-        "refused-reload",
-        &[(
-            "default",
-            &test_policy("refusal = \"first\"", 1000, "buffered"),
-        )],
-    );
-    let base = format!(
-        "{}\n[guard]\nbackend = \"b0\"\nmodel = \"llama-guard3:1b\"\npolicies_dir = \"{}\"\n",
-        config_for(&[&upstream], ""),
-        dir.display()
-    );
+    let (base, dir) = guarded_config("refused-reload", &upstream, "first");
     let path = config_file("refused", &base);
     let shared = load(&path);
     let warden = Warden::serve_state(shared.clone()).await;
