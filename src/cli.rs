@@ -627,56 +627,50 @@ pub async fn reload(shared: &SharedState) {
             tracing::error!(error = %err, "config reload failed; keeping the config in force");
             // The policies are files of their own: a bad config does not hold them back.
             if let Some(guard) = &current.guard {
-                match guard.reload() {
-                    Ok(count) => {
-                        tracing::info!(policies = count, names = ?guard.policy_names(), "policies reloaded")
-                    }
-                    Err(err) => {
-                        tracing::error!(error = %err, "policy reload failed; keeping the policies in force")
-                    }
-                }
+                log_policies(guard, guard.reload().err().map(|err| err.to_string()));
             }
             return;
         }
     };
     // Building may load an embedding model: off the async workers.
     let previous = current.clone();
-    let built = tokio::task::spawn_blocking(move || previous.next(config)).await;
+    let built = tokio::task::spawn_blocking(move || previous.next(config))
+        .await
+        .map_err(|err| err.to_string())
+        .and_then(|built| built);
     let (next, reloaded) = match built {
-        Ok(Ok(built)) => built,
-        Ok(Err(err)) => {
-            current.metrics.reload("failed");
-            tracing::error!(error = %err, "config reload failed; keeping the config and policies in force");
-            return;
-        }
+        Ok(built) => built,
         Err(err) => {
             current.metrics.reload("failed");
             tracing::error!(error = %err, "config reload failed; keeping the config and policies in force");
             return;
         }
     };
-    let keys = next.config.keys.len();
-    let models = next.pool.model_ids().to_vec();
-    // Models may name collections that do not exist yet, and a new Milvus has none of them:
-    // made or checked as at start-up (a few describe calls when nothing changed).
-    let prepare = next.clone();
-    let guarded = next.guard.clone();
     shared.replace(next);
     current.metrics.reload("ok");
-    tracing::info!(keys, models = ?models, rebuilt = ?reloaded.rebuilt, "config reloaded");
-    match (&guarded, &reloaded.policy_error) {
-        (_, Some(err)) => {
-            tracing::error!(error = %err, "policy reload failed; keeping the policies in force")
-        }
-        (Some(guard), None) => {
-            tracing::info!(policies = guard.policy_names().len(), names = ?guard.policy_names(), "policies reloaded")
-        }
-        (None, None) => {}
+    let next = shared.current();
+    tracing::info!(keys = next.config.keys.len(), models = ?next.pool.model_ids(), rebuilt = ?reloaded.rebuilt, "config reloaded");
+    if let Some(guard) = &next.guard {
+        log_policies(guard, reloaded.policy_error);
     }
     if !reloaded.needs_restart.is_empty() {
         tracing::warn!(settings = ?reloaded.needs_restart, "these changes take effect at the next restart");
     }
-    prepare_collections(&prepare).await;
+    // Models may name collections that do not exist yet, and a new Milvus has none of them:
+    // made or checked as at start-up (a few describe calls when nothing changed).
+    prepare_collections(&next).await;
+}
+
+/// What became of re-reading the policies folder.
+fn log_policies(guard: &crate::guard::Guard, error: Option<String>) {
+    match error {
+        Some(err) => {
+            tracing::error!(error = %err, "policy reload failed; keeping the policies in force")
+        }
+        None => {
+            tracing::info!(policies = guard.policy_names().len(), names = ?guard.policy_names(), "policies reloaded")
+        }
+    }
 }
 
 async fn wait_for_signal() {

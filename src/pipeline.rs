@@ -283,27 +283,20 @@ pub async fn chat(
             let decision = moderator.check_rest().await;
             metrics.stage("guard_output", checked.elapsed());
             let categories = moderator.judgement.categories();
-            metrics.guard_verdict(
-                &moderator.policy.name,
-                "output",
-                decision.label(),
-                &categories,
-            );
             span.record("output", decision.label());
-            if let Some(audit) = &audit {
-                let content = completion
-                    .choices
-                    .first()
-                    .and_then(|c| c.message.content.clone())
-                    .unwrap_or_default();
-                audit.record(
-                    &moderator.policy.name,
-                    "output",
-                    decision,
-                    &categories,
-                    Some(&content),
-                );
-            }
+            let content = completion
+                .choices
+                .first()
+                .and_then(|c| c.message.content.as_deref())
+                .unwrap_or_default();
+            relay::record_output(
+                metrics,
+                audit.as_ref(),
+                &moderator,
+                decision,
+                &categories,
+                content,
+            );
             note.set_output(decision, categories);
             match decision {
                 Decision::Unavailable => return Err(guard_unavailable()),

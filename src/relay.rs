@@ -351,21 +351,14 @@ impl Relay {
                 return self.cut(decision);
             }
             let categories = moderation.moderator.judgement.categories();
-            self.metrics.guard_verdict(
-                &moderation.moderator.policy.name,
-                "output",
-                decision.label(),
+            record_output(
+                &self.metrics,
+                self.audit.as_ref(),
+                &moderation.moderator,
+                decision,
                 &categories,
+                moderation.moderator.text(),
             );
-            if let Some(audit) = &self.audit {
-                audit.record(
-                    &moderation.moderator.policy.name,
-                    "output",
-                    decision,
-                    &categories,
-                    Some(moderation.moderator.text()),
-                );
-            }
             if let Some(note) = self.note.as_mut() {
                 note.set_output(decision, categories);
             }
@@ -463,21 +456,14 @@ impl Relay {
         if let Some(moderation) = self.moderation.as_mut() {
             moderation.held.clear();
             moderation.check = None;
-            self.metrics.guard_verdict(
-                &moderation.moderator.policy.name,
-                "output",
-                decision.label(),
+            record_output(
+                &self.metrics,
+                self.audit.as_ref(),
+                &moderation.moderator,
+                decision,
                 &categories,
+                moderation.moderator.text(),
             );
-            if let Some(audit) = &self.audit {
-                audit.record(
-                    &moderation.moderator.policy.name,
-                    "output",
-                    decision,
-                    &categories,
-                    Some(moderation.moderator.text()),
-                );
-            }
         }
         // Dropping the upstream stream closes its connection: generation stops.
         self.upstream = futures_util::stream::empty().boxed();
@@ -507,6 +493,22 @@ impl Relay {
         }
         events.push(Event::default().data("[DONE]"));
         events
+    }
+}
+
+/// An output verdict, counted and (unless safe) written to the audit log with the judged text.
+pub fn record_output(
+    metrics: &Metrics,
+    audit: Option<&crate::audit::Context>,
+    moderator: &OutputModerator,
+    decision: Decision,
+    categories: &[String],
+    content: &str,
+) {
+    let policy = &moderator.policy.name;
+    metrics.guard_verdict(policy, "output", decision.label(), categories);
+    if let Some(audit) = audit {
+        audit.record(policy, "output", decision, categories, Some(content));
     }
 }
 

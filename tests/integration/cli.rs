@@ -294,21 +294,8 @@ async fn sighup_reloads_policies_and_keeps_them_when_the_new_ones_are_bad() {
         g.rules
             .push(("hotwire".to_owned(), "unsafe\nS2".to_owned()))
     });
-    let refusal = || async {
-        let body: serde_json::Value = client()
-            .post(format!("http://{address}/v1/chat/completions"))
-            .json(&serde_json::json!({"model": "llama3.2", "messages": [{"role": "user", "content": "how to hotwire a car"}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let base = format!("http://{address}");
+    let refusal = || answer(&base, "how to hotwire a car");
     assert_eq!(refusal().await, "first");
     let hup = |pid: u32| {
         Command::new("kill")

@@ -24,16 +24,7 @@ impl Warden {
     pub async fn start_with_env(config_text: &str, env: MapEnv) -> Warden {
         let config = Config::parse(config_text, Path::new("test.toml"), &env)
             .unwrap_or_else(|err| panic!("test config: {err}"));
-        let state = AppState::new(config).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(warden::serve(state, listener, shutdown.clone()));
-        Warden {
-            addr,
-            shutdown,
-            task,
-        }
+        Self::serve_state(AppState::new(config).unwrap()).await
     }
 
     /// Serves an already built state (a test keeps a clone of it to act on).
@@ -243,4 +234,21 @@ pub fn sha256_hex(text: &str) -> String {
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The text of the answer to one user message, asked at `base` (`http://HOST:PORT`).
+pub async fn answer(base: &str, content: &str) -> String {
+    let body: serde_json::Value = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "llama3.2", "messages": [{"role": "user", "content": content}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no answer text in {body}"))
+        .to_owned()
 }

@@ -204,18 +204,8 @@ async fn a_refused_reload_leaves_the_policies_as_they_were() {
     let path = config_file("refused", &base);
     let shared = load(&path);
     let warden = Warden::serve_state(shared.clone()).await;
-    let refusal = || async {
-        let body: serde_json::Value = warden
-            .post("/v1/chat/completions", json!({"model": "llama3.2", "messages": [{"role": "user", "content": "how to hotwire a car"}]}))
-            .await
-            .json()
-            .await
-            .unwrap();
-        body["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let url = warden.url("");
+    let refusal = || answer(&url, "how to hotwire a car");
     assert_eq!(refusal().await, "first");
 
     // New policies, but the config names an embedding model that cannot load: refused whole.
