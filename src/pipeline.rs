@@ -31,7 +31,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::guard::output::OutputModerator;
 use crate::guard::policy::{BlockStyle, Policy};
-use crate::guard::{Decision, UNGUARDED_FIELDS, request_turns};
+use crate::guard::{Decision, request_turns};
 use crate::note::{GuardNote, Note};
 use crate::relay::{self, RelayOptions, StreamIdentity};
 use crate::request_id;
@@ -89,22 +89,12 @@ pub async fn chat(
     let input_check = async {
         let started = Instant::now();
         let Some((guard, policy)) = &guarded else {
-            return Ok(None);
+            return Ok::<_, ApiError>(None);
         };
         if !policy.check_input {
             return Ok(None);
         }
-        if let Some(field) = UNGUARDED_FIELDS
-            .iter()
-            .find(|f| request.extra.contains_key(**f))
-        {
-            return Err(ApiError::invalid(
-                format!(
-                    "`{field}` carries text the safety guard cannot check, so it is not accepted while input moderation is on"
-                ),
-                Some((*field).to_owned()),
-            ));
-        }
+        crate::guard::scope::check(&request)?;
         let judgement = guard.check_input(policy, &request, &request_id).await;
         metrics.stage("guard_input", started.elapsed());
         span.record("guard_input_us", micros(started.elapsed()));
@@ -440,7 +430,7 @@ pub fn validate(request: &ChatRequest) -> Result<(), ApiError> {
         if let Some(MessageContent::Parts(parts)) = &message.content {
             for (j, part) in parts.iter().enumerate() {
                 let complete = match part.kind.as_str() {
-                    "text" => part.text.is_some(),
+                    "text" | "input_text" | "output_text" => part.text.is_some(),
                     "image_url" => part.image_url.is_some(),
                     _ => true,
                 };

@@ -110,6 +110,17 @@ pub struct ContentPart {
     pub extra: Extra,
 }
 
+impl ContentPart {
+    /// The text the part carries, whatever its type calls the field (`text` for `text`,
+    /// `input_text` and `output_text` parts, `refusal` for `refusal` parts).
+    pub fn text_content(&self) -> Option<&str> {
+        match self.kind.as_str() {
+            "refusal" => self.extra.get("refusal").and_then(Value::as_str),
+            _ => self.text.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ImageUrl {
     pub url: String,

@@ -381,8 +381,9 @@ fn message_to_ollama<'a>(
         Some(MessageContent::Parts(parts)) => {
             for (j, part) in parts.iter().enumerate() {
                 let param = format!("messages[{i}].content[{j}]");
-                match (part.kind.as_str(), &part.text, &part.image_url) {
-                    ("text", Some(text), _) => {
+                let text = part.text_content().filter(|_| part.kind != "image_url");
+                match (part.kind.as_str(), text, &part.image_url) {
+                    ("text" | "input_text" | "output_text" | "refusal", Some(text), _) => {
                         if !content.is_empty() {
                             content.push('\n');
                         }

@@ -13,6 +13,7 @@
 pub mod output;
 pub mod policy;
 pub mod prompt;
+pub mod scope;
 pub mod verdict;
 
 use arc_swap::ArcSwap;
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use crate::backends::pool::BackendHandle;
 use crate::config::GuardConfig;
-use crate::types::{ChatMessage, ChatRequest, MessageContent, Role};
+use crate::types::{ChatMessage, ChatRequest, ContentPart, MessageContent, Role};
 use policy::{Action, Policy, PolicyError, PolicySet};
 use prompt::{Side, Turn};
 use verdict::Reading;
@@ -437,23 +438,23 @@ fn judgement_of(policy: &Policy, codes: &[String], reading: &Reading) -> Judgeme
     judgement
 }
 
-/// Request fields that some servers put in front of the model (vLLM's `chat_template`,
-/// `documents`, …) and that the guard cannot judge as conversation turns: refused while the
-/// input is checked, so nothing reaches the model unjudged.
-pub const UNGUARDED_FIELDS: &[&str] = &[
-    "chat_template",
-    "chat_template_kwargs",
-    "documents",
-    "prompt",
-    "suffix",
-];
-
 /// Every turn of a request the model will see, tool definitions included (their names and
 /// descriptions are text in the model's prompt).
 pub fn request_turns(request: &ChatRequest) -> Vec<Turn> {
     let mut turns = turns_of(&request.messages);
-    if let Some(tools) = request.extra.get("tools").filter(|t| !t.is_null()) {
-        let text = format!("Tools:\n{tools}");
+    let mut preamble = String::new();
+    for field in scope::JUDGED_REQUEST_FIELDS {
+        if let Some(value) = request.extra.get(*field).filter(|v| !v.is_null()) {
+            if !preamble.is_empty() {
+                preamble.push('\n');
+            }
+            // Tool definitions keep their old label, so verdicts cached for them still hold.
+            let label = if *field == "tools" { "Tools" } else { field };
+            preamble.push_str(&format!("{label}:\n{value}"));
+        }
+    }
+    if !preamble.is_empty() {
+        let text = preamble;
         match turns.first_mut() {
             Some(first) if first.side == Side::User => {
                 first.text = format!("{text}\n\n{}", first.text)
@@ -484,16 +485,32 @@ pub fn turns_of(messages: &[ChatMessage]) -> Vec<Turn> {
         match &message.content {
             Some(MessageContent::Text(t)) => text.push_str(t),
             Some(MessageContent::Parts(parts)) => {
-                for part in parts {
-                    if let Some(t) = &part.text {
-                        if !text.is_empty() {
-                            text.push('\n');
-                        }
-                        text.push_str(t);
+                for t in parts.iter().filter_map(ContentPart::text_content) {
+                    if !text.is_empty() {
+                        text.push('\n');
                     }
+                    text.push_str(t);
                 }
             }
             None => {}
+        }
+        // The other text a message carries (its author's name, a refusal, earlier reasoning),
+        // labelled as the model would see it named.
+        for field in scope::MESSAGE_TEXT_FIELDS {
+            if let Some(value) = message.extra.get(*field).and_then(|v| v.as_str())
+                && !value.trim().is_empty()
+            {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&format!("({field}: {value})"));
+            }
+        }
+        if let Some(call) = message.extra.get("function_call").filter(|v| !v.is_null()) {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&format!("function_call: {call}"));
         }
         for call in message.tool_calls.iter().flatten() {
             if !text.is_empty() {
