@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::guard::output::OutputModerator;
+use crate::guard::output::{OutputModerator, released_logprobs};
 use crate::guard::policy::{BlockStyle, Policy};
 use crate::guard::{Decision, request_turns};
 use crate::note::{GuardNote, Note};
@@ -180,6 +180,20 @@ pub async fn chat(
         span.record("sources", retrieval_note.sources.len());
         note.retrieval = Some(retrieval_note);
     }
+    if guarded
+        .as_ref()
+        .is_some_and(|(_, policy)| policy.check_output)
+        && request
+            .extra
+            .get("n")
+            .and_then(serde_json::Value::as_u64)
+            .is_some_and(|n| n > 1)
+    {
+        return Err(ApiError::invalid(
+            "`n` must be 1 while output moderation is on: one answer is judged per request",
+            Some("n".to_owned()),
+        ));
+    }
     let moderator = guarded.as_ref().and_then(|(guard, policy)| {
         policy.check_output.then(|| {
             OutputModerator::new(
@@ -258,16 +272,17 @@ pub async fn chat(
         completion.created = identity.created;
         completion.model = identity.model;
         if let Some(mut moderator) = moderator {
-            for choice in &completion.choices {
-                if let Some(content) = &choice.message.content {
-                    moderator.push(content);
-                }
-                for call in choice.message.tool_calls.iter().flatten() {
-                    moderator.push(&format!(
-                        "\n{}({})",
-                        call.function.name, call.function.arguments
-                    ));
-                }
+            // One answer is moderated (`n` > 1 is refused while output is checked).
+            completion.choices.retain(|c| c.index == 0);
+            for choice in &mut completion.choices {
+                moderator.observe_message(&choice.message);
+                choice.logprobs = choice.logprobs.take().and_then(|logprobs| {
+                    released_logprobs(
+                        &logprobs,
+                        choice.message.content.as_deref(),
+                        choice.message.refusal.as_deref(),
+                    )
+                });
             }
             let checked = Instant::now();
             let decision = moderator.check_rest().await;
@@ -291,9 +306,14 @@ pub async fn chat(
             match decision {
                 Decision::Unavailable => return Err(guard_unavailable()),
                 Decision::Blocked => {
+                    // Replaced whole: no field of the unsafe answer is left, logprobs included.
                     for choice in &mut completion.choices {
-                        choice.message.content = Some(moderator.policy.refusal.clone());
-                        choice.message.tool_calls = None;
+                        choice.message = AssistantMessage {
+                            content: Some(moderator.policy.refusal.clone()),
+                            ..AssistantMessage::default()
+                        };
+                        choice.message.role = "assistant".to_owned();
+                        choice.logprobs = None;
                         choice.finish_reason = Some("content_filter".to_owned());
                     }
                 }
@@ -301,7 +321,7 @@ pub async fn chat(
             }
         }
         if !note.is_empty() {
-            completion.extra.insert("warden".to_owned(), note.json());
+            completion.warden = Some(note.json());
         }
         let mut response = Json(completion).into_response();
         note.headers(response.headers_mut());
@@ -390,15 +410,15 @@ fn refuse(
                         role: "assistant".to_owned(),
                         content: Some(policy.refusal.clone()),
                         tool_calls: None,
-                        extra: Default::default(),
+                        ..Default::default()
                     },
                     finish_reason: Some("content_filter".to_owned()),
-                    extra: Default::default(),
+                    ..Default::default()
                 }],
                 usage: Some(Usage::default()),
-                extra: Default::default(),
+                ..Default::default()
             };
-            completion.extra.insert("warden".to_owned(), note.json());
+            completion.warden = Some(note.json());
             Json(completion).into_response()
         }
     };

@@ -27,7 +27,7 @@ use crate::backends::pool::StartedStream;
 use crate::backends::{ChunkStream, UpstreamError};
 use crate::error::ApiError;
 use crate::guard::Decision;
-use crate::guard::output::{CheckFuture, OutputModerator};
+use crate::guard::output::{CheckFuture, OutputModerator, released_logprobs};
 use crate::guard::policy::StreamMode;
 use crate::metrics::{Metrics, StreamGauge};
 use crate::note::Note;
@@ -99,7 +99,7 @@ pub fn refusal_sse(
         },
         None,
     );
-    first.extra.insert("warden".to_owned(), warden);
+    first.warden = Some(warden);
     let mut events = vec![
         json_event(&first),
         json_event(&chunk(&identity, Delta::default(), Some("content_filter"))),
@@ -124,10 +124,10 @@ fn chunk(identity: &StreamIdentity, delta: Delta, finish_reason: Option<&str>) -
             index: 0,
             delta,
             finish_reason: finish_reason.map(str::to_owned),
-            extra: Default::default(),
+            ..Default::default()
         }],
         usage: None,
-        extra: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -139,7 +139,7 @@ fn usage_chunk(identity: &StreamIdentity, usage: Usage) -> ChatChunk {
         model: identity.model.clone(),
         choices: Vec::new(),
         usage: Some(usage),
-        extra: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -185,6 +185,10 @@ impl Drop for Relay {
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value at a time, on the stack of `step`; boxing would allocate per chunk"
+)]
 enum Next {
     Upstream(Option<Result<ChatChunk, UpstreamError>>),
     Checked((crate::guard::Judgement, usize)),
@@ -299,6 +303,21 @@ impl Relay {
         let Some(moderation) = self.moderation.as_mut() else {
             return vec![self.emit(chunk)];
         };
+        // One answer is moderated (`n` > 1 is refused while output is checked): a choice an
+        // upstream sends beyond it is not judged, so it is not relayed.
+        chunk.choices.retain(|c| c.index == 0);
+        if chunk.choices.is_empty() {
+            return Vec::new();
+        }
+        for choice in &mut chunk.choices {
+            choice.logprobs = choice.logprobs.take().and_then(|logprobs| {
+                released_logprobs(
+                    &logprobs,
+                    choice.delta.content.as_deref(),
+                    choice.delta.refusal.as_deref(),
+                )
+            });
+        }
         moderation.moderator.observe(&chunk);
         match moderation.mode {
             StreamMode::Buffered => {
@@ -421,7 +440,7 @@ impl Relay {
                 && let Some(note) = &self.note
                 && note.has_output()
             {
-                chunk.extra.insert("warden".to_owned(), note.json_last());
+                chunk.warden = Some(note.json_last());
             }
             events.push(self.emit(chunk));
         }
@@ -436,9 +455,9 @@ impl Relay {
             self.metrics.first_token(&self.identity.model, elapsed);
             self.first_token_us = Some(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
             if let Some(note) = &self.note
-                && !chunk.extra.contains_key("warden")
+                && chunk.warden.is_none()
             {
-                chunk.extra.insert("warden".to_owned(), note.json());
+                chunk.warden = Some(note.json());
             }
         }
         json_event(&chunk)
@@ -483,7 +502,7 @@ impl Relay {
         }
         let mut last = chunk(&self.identity, Delta::default(), Some("content_filter"));
         if let Some(note) = &self.note {
-            last.extra.insert("warden".to_owned(), note.json_last());
+            last.warden = Some(note.json_last());
         }
         let mut events = vec![json_event(&last)];
         if self.include_usage

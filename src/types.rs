@@ -148,33 +148,65 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+// What comes back from a backend is read by allowlist: the fields below are the only ones
+// Warden writes to a client. Anything else an upstream sends lands in `unknown`, which is never
+// serialized, so a field nobody judged (a new vendor field with model text in it) is held back,
+// not passed on. `warden` is Warden's own and never read from an upstream.
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct ChatCompletion {
     pub id: String,
     #[serde(default = "completion_object")]
     pub object: String,
     pub created: u64,
     pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
     pub choices: Vec<Choice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
-    #[serde(flatten)]
-    pub extra: Extra,
+    /// llama.cpp's server's run statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub warden: Option<Value>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Extra,
+}
+
+/// llama.cpp's `timings`: numbers about the run, passed on; anything else in it is dropped, so it
+/// can carry no text.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Timings {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let all = Map::<String, Value>::deserialize(deserializer)?;
+        Ok(Timings(
+            all.into_iter().filter(|(_, v)| v.is_number()).collect(),
+        ))
+    }
 }
 
 fn completion_object() -> String {
     "chat.completion".to_owned()
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct Choice {
     pub index: u32,
     pub message: AssistantMessage,
     pub finish_reason: Option<String>,
-    #[serde(flatten)]
-    pub extra: Extra,
+    /// Written as `null` when absent, as OpenAI does.
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Extra,
 }
 
+/// The model's text, in every field an upstream may put it: the output guard judges each.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct AssistantMessage {
     #[serde(default = "assistant_role")]
@@ -182,9 +214,17 @@ pub struct AssistantMessage {
     #[serde(default)]
     pub content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// Reasoning as vLLM and DeepSeek spell it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// Reasoning as newer vLLM releases and OpenRouter spell it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCall>>,
-    #[serde(flatten)]
-    pub extra: Extra,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Extra,
 }
 
 fn assistant_role() -> String {
@@ -198,21 +238,30 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct ChatChunk {
     pub id: String,
     #[serde(default = "chunk_object")]
     pub object: String,
     pub created: u64,
     pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
     /// Some servers (vLLM) send `null` or nothing here on the usage chunk.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub choices: Vec<ChunkChoice>,
     /// Left out of the chunks Warden writes: usage is sent once, in its own chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
-    #[serde(flatten)]
-    pub extra: Extra,
+    /// llama.cpp's server's run statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub warden: Option<Value>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Extra,
 }
 
 fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
@@ -227,15 +276,18 @@ pub fn chunk_object() -> String {
     "chat.completion.chunk".to_owned()
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
     /// Always written, `null` until the last chunk, as OpenAI does.
     #[serde(default)]
     pub finish_reason: Option<String>,
-    #[serde(flatten)]
-    pub extra: Extra,
+    /// Written as `null` when absent, as OpenAI does.
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Extra,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -245,9 +297,15 @@ pub struct Delta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
-    #[serde(flatten)]
-    pub extra: Extra,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -308,18 +366,16 @@ mod tests {
     }
 
     #[test]
-    fn chunks_keep_vendor_fields_and_write_null_finish_reason() {
-        let text = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"x","reasoning_content":"r"},"logprobs":null,"finish_reason":null}]}"#;
+    fn chunks_keep_only_known_fields_and_write_null_finish_reason() {
+        let text = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":"fp","warden":{"guard":"forged"},"choices":[{"index":0,"delta":{"content":"x","reasoning_content":"r","thoughts":"unjudged"},"logprobs":null,"finish_reason":null,"stop_reason":"y"}]}"#;
         let chunk: ChatChunk = serde_json::from_str(text).unwrap();
         let back = serde_json::to_value(&chunk).unwrap();
         assert_eq!(back["system_fingerprint"], "fp");
         assert_eq!(back["choices"][0]["delta"]["reasoning_content"], "r");
         assert!(back["choices"][0]["finish_reason"].is_null());
-        assert!(
-            back["choices"][0]
-                .as_object()
-                .unwrap()
-                .contains_key("logprobs")
-        );
+        assert!(back.get("warden").is_none(), "never read from an upstream");
+        assert!(back["choices"][0]["delta"].get("thoughts").is_none());
+        assert!(back["choices"][0].get("stop_reason").is_none());
+        assert_eq!(chunk.choices[0].delta.unknown["thoughts"], "unjudged");
     }
 }

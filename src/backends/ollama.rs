@@ -93,6 +93,9 @@ struct OllamaChatResponse {
 struct OllamaResponseMessage {
     #[serde(default)]
     content: String,
+    /// A thinking model's reasoning: relayed as `reasoning_content`, and judged like content.
+    #[serde(default)]
+    thinking: String,
     #[serde(default)]
     tool_calls: Vec<OllamaToolCall>,
 }
@@ -522,14 +525,15 @@ fn completion_from(parsed: OllamaChatResponse, model: &str) -> ChatCompletion {
                 } else {
                     Some(message.content)
                 },
+                reasoning_content: (!message.thinking.is_empty()).then(|| message.thinking.clone()),
                 tool_calls: saw_tool_calls.then_some(tool_calls),
-                extra: Map::new(),
+                ..Default::default()
             },
             finish_reason: Some(finish_reason(parsed.done_reason.as_deref(), saw_tool_calls)),
-            extra: Map::new(),
+            ..Default::default()
         }],
         usage,
-        extra: Map::new(),
+        ..Default::default()
     }
 }
 
@@ -561,6 +565,10 @@ impl StreamTranslator {
         } else if delta.role.is_some() && message.is_none_or(|m| m.tool_calls.is_empty()) {
             delta.content = Some(String::new());
         }
+        delta.reasoning_content = message
+            .map(|m| &m.thinking)
+            .filter(|t| !t.is_empty())
+            .cloned();
         let calls: Vec<ToolCallDelta> = message
             .map(|m| m.tool_calls.as_slice())
             .unwrap_or_default()
@@ -594,10 +602,10 @@ impl StreamTranslator {
                 index: 0,
                 delta,
                 finish_reason: finish,
-                extra: Map::new(),
+                ..Default::default()
             }],
             usage: if parsed.done { usage(&parsed) } else { None },
-            extra: Map::new(),
+            ..Default::default()
         }
     }
 }

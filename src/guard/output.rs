@@ -3,12 +3,13 @@
 //! text split across two windows is seen whole.
 
 use futures_util::future::BoxFuture;
+use serde_json::{Map, Value};
 use std::sync::Arc;
 
 use super::prompt::Turn;
 use super::{Decision, Guard, Judgement};
 use crate::guard::policy::Policy;
-use crate::types::ChatChunk;
+use crate::types::{AssistantMessage, ChatChunk};
 
 pub struct OutputModerator {
     guard: Arc<Guard>,
@@ -23,6 +24,8 @@ pub struct OutputModerator {
     unjudged_chars: usize,
     /// Every category that fired so far.
     pub judgement: Judgement,
+    /// The field the last text came from.
+    last_field: Option<&'static str>,
 }
 
 /// A check in progress, and the offset it covers up to.
@@ -44,26 +47,69 @@ impl OutputModerator {
             judged_upto: 0,
             unjudged_chars: 0,
             judgement: Judgement::default(),
+            last_field: None,
         }
     }
 
-    /// Adds what a chunk says to the text under moderation.
+    /// Adds what a chunk says to the text under moderation: every field the relay writes that
+    /// can carry model text (content, refusal, reasoning in both spellings, tool-call names and
+    /// arguments). Only choice 0 is relayed while output is moderated, so only it is read.
     pub fn observe(&mut self, chunk: &ChatChunk) {
-        for choice in &chunk.choices {
-            if let Some(content) = &choice.delta.content {
-                self.push(content);
+        for choice in chunk.choices.iter().filter(|c| c.index == 0) {
+            let delta = &choice.delta;
+            for (field, text) in [
+                ("reasoning_content", &delta.reasoning_content),
+                ("reasoning", &delta.reasoning),
+                ("content", &delta.content),
+                ("refusal", &delta.refusal),
+            ] {
+                if let Some(text) = text {
+                    self.push_field(field, text);
+                }
             }
-            for call in choice.delta.tool_calls.iter().flatten() {
+            for call in delta.tool_calls.iter().flatten() {
                 if let Some(function) = &call.function {
                     if let Some(name) = &function.name {
-                        self.push(&format!("\n{name}("));
+                        self.push_field("tool_call", &format!("\n{name}("));
                     }
                     if let Some(arguments) = &function.arguments {
-                        self.push(arguments);
+                        self.push_field("tool_call", arguments);
                     }
                 }
             }
         }
+    }
+
+    /// Adds a whole message (a non-streamed answer), every text-bearing field of it.
+    pub fn observe_message(&mut self, message: &AssistantMessage) {
+        for (field, text) in [
+            ("reasoning_content", &message.reasoning_content),
+            ("reasoning", &message.reasoning),
+            ("content", &message.content),
+            ("refusal", &message.refusal),
+        ] {
+            if let Some(text) = text {
+                self.push_field(field, text);
+            }
+        }
+        for call in message.tool_calls.iter().flatten() {
+            self.push_field(
+                "tool_call",
+                &format!("\n{}({})", call.function.name, call.function.arguments),
+            );
+        }
+    }
+
+    /// Text of one field; a change of field starts a new line, so two fields never read as one word.
+    fn push_field(&mut self, field: &'static str, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        if self.last_field.is_some_and(|last| last != field) && !self.text.ends_with('\n') {
+            self.push("\n");
+        }
+        self.last_field = Some(field);
+        self.push(text);
     }
 
     /// Adds text to moderate (the whole answer of a non-streamed response, say).
@@ -137,5 +183,98 @@ impl OutputModerator {
         }
         let (judgement, upto) = self.start_check().await;
         self.finish_check(judgement, upto)
+    }
+}
+
+/// The logprobs that may go out with the text they describe, or none. While output is
+/// moderated, the tokens must spell exactly the text released beside them (`content` and
+/// `refusal`), `bytes` are made from those tokens, and `top_logprobs` keep only the token chosen:
+/// the alternatives are text the guard never judged. Logprobs that do not match are dropped.
+pub fn released_logprobs(
+    logprobs: &Value,
+    content: Option<&str>,
+    refusal: Option<&str>,
+) -> Option<Value> {
+    let mut out = Map::new();
+    for (field, text) in [("content", content), ("refusal", refusal)] {
+        let entries = match logprobs.get(field) {
+            None | Some(Value::Null) => {
+                out.insert(field.to_owned(), Value::Null);
+                continue;
+            }
+            Some(Value::Array(entries)) => entries,
+            Some(_) => return None,
+        };
+        let mut spelled = String::new();
+        let mut kept = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let token = entry.get("token")?.as_str()?;
+            spelled.push_str(token);
+            let mut clean = token_entry(token, entry.get("logprob")?);
+            let chosen: Vec<Value> = entry
+                .get("top_logprobs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|alt| alt.get("token").and_then(Value::as_str) == Some(token))
+                .filter_map(|alt| Some(Value::Object(token_entry(token, alt.get("logprob")?))))
+                .collect();
+            clean.insert("top_logprobs".to_owned(), Value::Array(chosen));
+            kept.push(Value::Object(clean));
+        }
+        if spelled != text.unwrap_or_default() {
+            return None;
+        }
+        out.insert(field.to_owned(), Value::Array(kept));
+    }
+    Some(Value::Object(out))
+}
+
+fn token_entry(token: &str, logprob: &Value) -> Map<String, Value> {
+    let mut entry = Map::new();
+    entry.insert("token".to_owned(), Value::String(token.to_owned()));
+    entry.insert(
+        "logprob".to_owned(),
+        if logprob.is_number() {
+            logprob.clone()
+        } else {
+            Value::Null
+        },
+    );
+    entry.insert(
+        "bytes".to_owned(),
+        Value::Array(token.bytes().map(Value::from).collect()),
+    );
+    entry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn logprobs_go_out_only_when_they_spell_the_released_text() {
+        let logprobs = json!({"content": [
+            {"token": "Hel", "logprob": -0.1, "bytes": [72, 101, 108], "top_logprobs": [{"token": "Hel", "logprob": -0.1, "bytes": [72, 101, 108]}, {"token": "Kill", "logprob": -2.0, "bytes": [75]}]},
+            {"token": "lo", "logprob": -0.2, "bytes": [1, 2, 3], "extra": "x"}
+        ], "refusal": null, "vendor": "y"});
+        let released = released_logprobs(&logprobs, Some("Hello"), None).unwrap();
+        assert_eq!(
+            released,
+            json!({"content": [
+                {"token": "Hel", "logprob": -0.1, "bytes": [72, 101, 108], "top_logprobs": [{"token": "Hel", "logprob": -0.1, "bytes": [72, 101, 108]}]},
+                {"token": "lo", "logprob": -0.2, "bytes": [108, 111], "top_logprobs": []}
+            ], "refusal": null})
+        );
+        assert_eq!(
+            released_logprobs(&logprobs, Some("I cannot help"), None),
+            None,
+            "tokens of another text"
+        );
+        assert_eq!(
+            released_logprobs(&json!({"content": "Hello"}), Some("Hello"), None),
+            None
+        );
     }
 }

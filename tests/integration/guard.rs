@@ -693,3 +693,118 @@ async fn a_reload_that_fails_keeps_the_policies_in_force() {
     guard.reload().unwrap();
     assert_eq!(guard.default_policy().unwrap().refusal, "changed");
 }
+
+/// Model text in every field an upstream may put it (reasoning in both backends' spellings, a
+/// field nobody knows, a second choice, logprobs), streamed and not: no part of the unsafe text
+/// reaches the client in any field.
+#[tokio::test]
+async fn unsafe_text_in_any_output_field_never_reaches_the_client() {
+    // (flavor, stream fixture, body fixture, whether the answer is unsafe as a whole)
+    let cases = [
+        (
+            Flavor::OpenAi,
+            "openai/chat_reasoning_stream.sse",
+            "openai/chat_reasoning.json",
+            true,
+        ),
+        (
+            Flavor::Ollama,
+            "ollama/chat_thinking_stream.ndjson",
+            "ollama/chat_thinking.json",
+            true,
+        ),
+        (
+            Flavor::OpenAi,
+            "openai/chat_vendor_fields_stream.sse",
+            "openai/chat_vendor_fields.json",
+            false,
+        ),
+        (
+            Flavor::OpenAi,
+            "openai/chat_stream_usage.sse",
+            "openai/chat_logprobs_unsafe.json",
+            true,
+        ),
+    ];
+    for (flavor, stream_fixture, body_fixture, unsafe_answer) in cases {
+        let (upstream, warden) = guarded(flavor, "fields", &test_policy("", 20, BUFFERED)).await;
+        upstream.script(|s| {
+            s.stream_fixture = stream_fixture.to_owned();
+            s.body_fixture = body_fixture.to_owned();
+        });
+        upstream.guard(|g| {
+            g.rules.push(unsafe_rule(
+                "nerve agent",
+                "unsafe\n{Indiscriminate Weapons}",
+            ))
+        });
+        for stream in [true, false] {
+            if stream && stream_fixture == "openai/chat_stream_usage.sse" {
+                continue;
+            }
+            let mut body = ask("Why is the sky blue?", stream);
+            body["logprobs"] = json!(true);
+            let response = warden.post("/v1/chat/completions", body).await;
+            assert_eq!(response.status(), 200);
+            let raw = response.text().await.unwrap();
+            let case = format!("{body_fixture} (stream {stream})");
+            assert!(
+                !raw.to_lowercase().contains("nerve"),
+                "{case}: unsafe text reached the client: {raw}"
+            );
+            assert_eq!(
+                raw.contains("content_filter"),
+                unsafe_answer,
+                "{case}: {raw}"
+            );
+            if unsafe_answer {
+                continue;
+            }
+            // What was judged safe goes out whole, logprobs included, for the one answer.
+            if stream {
+                let chunks = sse_chunks(&raw);
+                assert_eq!(
+                    streamed_text(&chunks),
+                    "The sky is blue because of Rayleigh scattering."
+                );
+                assert!(chunks.iter().all(|c| {
+                    c["choices"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|choice| choice["index"] == 0)
+                }));
+                let with_logprobs = chunks
+                    .iter()
+                    .find(|c| c["choices"][0]["delta"]["content"] == "The sky")
+                    .unwrap();
+                let entry = &with_logprobs["choices"][0]["logprobs"]["content"][0];
+                assert_eq!(entry["token"], "The sky");
+                assert_eq!(entry["top_logprobs"].as_array().unwrap().len(), 1);
+            } else {
+                let body: serde_json::Value = serde_json::from_str(&raw).unwrap();
+                assert_eq!(body["choices"].as_array().unwrap().len(), 1);
+                assert_eq!(body["choices"][0]["message"]["content"], "The sky is blue.");
+                assert_eq!(
+                    body["choices"][0]["logprobs"]["content"][1]["token"],
+                    " is blue."
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn several_choices_are_refused_while_output_is_moderated() {
+    let (upstream, warden) =
+        guarded(Flavor::OpenAi, "choices", &test_policy("", 20, BUFFERED)).await;
+    for stream in [true, false] {
+        let mut body = ask("Why is the sky blue?", stream);
+        body["n"] = json!(2);
+        let response = warden.post("/v1/chat/completions", body).await;
+        assert_eq!(response.status(), 400);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["param"], "n");
+    }
+    assert_eq!(upstream.calls(), 0);
+}
