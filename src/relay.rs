@@ -64,8 +64,16 @@ pub struct RelayOptions {
     pub span: tracing::Span,
 }
 
+/// While output is held for judgement nothing else is written, and a server only notices a
+/// client that left when a write fails: a comment at least this often while a moderator holds
+/// text makes that happen within a second, which drops the upstream request and guard calls.
+pub const HOLD_HEARTBEAT: Duration = Duration::from_millis(250);
+
 pub fn sse(started: StartedStream, options: RelayOptions) -> Response {
-    let keep_alive = options.keep_alive;
+    let keep_alive = match &options.moderator {
+        Some(_) => options.keep_alive.min(HOLD_HEARTBEAT),
+        None => options.keep_alive,
+    };
     sse_response(events(started.first, started.rest, options), keep_alive)
 }
 

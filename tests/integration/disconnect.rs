@@ -69,3 +69,28 @@ async fn disconnect_during_a_non_streaming_request_cancels_the_upstream() {
     drop(socket);
     assert!(upstream.wait_abandoned(Duration::from_secs(1)).await);
 }
+
+#[tokio::test]
+async fn disconnect_while_output_is_held_for_the_guard_cancels_the_upstream() {
+    for flavor in [Flavor::OpenAi, Flavor::Ollama] {
+        // A window larger than the answer: in buffered mode nothing is released until the end.
+        let policy = test_policy("", 100_000, "buffered");
+        let (upstream, warden) = guarded(flavor, "held", &policy).await;
+        upstream.script(|s| s.frame_delay = Duration::from_millis(300));
+        let mut socket = open_stream(&warden).await;
+        // The start of a pipelined next request: the server cannot learn from reading that the
+        // client left (the bytes are there to read), only from a write that fails.
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut buffer = vec![0u8; 4096];
+        let n = socket.read(&mut buffer).await.unwrap();
+        assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+        drop(socket);
+        assert!(
+            upstream.wait_abandoned(Duration::from_secs(1)).await,
+            "{flavor:?}: the upstream kept generating for a client that left"
+        );
+    }
+}
