@@ -372,6 +372,9 @@ fn log_decision(
         Decision::Blocked => {
             tracing::warn!(turn, policy = %policy.name, ?categories, "guard: blocked")
         }
+        Decision::WouldBlock => {
+            tracing::warn!(turn, policy = %policy.name, ?categories, "guard: would block (policy monitors only)")
+        }
         Decision::Unavailable | Decision::Unverified => {
             tracing::warn!(turn, policy = %policy.name, verdict = decision.label(), failure, "guard: no verdict")
         }

@@ -50,8 +50,10 @@ pub enum Decision {
     Blocked,
     /// The guard failed and the policy fails closed.
     Unavailable,
-    /// The guard failed and the policy fails open: let through, recorded.
+    /// The guard failed and the policy fails open (or only monitors): let through, recorded.
     Unverified,
+    /// Unsafe under a policy in `monitor` enforcement: let through, recorded as a block would be.
+    WouldBlock,
 }
 
 impl Decision {
@@ -62,25 +64,31 @@ impl Decision {
             Decision::Blocked => "blocked",
             Decision::Unavailable => "unavailable",
             Decision::Unverified => "unverified",
+            Decision::WouldBlock => "would_block",
         }
     }
 
     pub fn lets_through(self) -> bool {
         matches!(
             self,
-            Decision::Safe | Decision::Flagged | Decision::Unverified
+            Decision::Safe | Decision::Flagged | Decision::Unverified | Decision::WouldBlock
         )
     }
 }
 
 impl Judgement {
     pub fn decide(&self, policy: &Policy) -> Decision {
+        let monitor = policy.enforcement == policy::Enforcement::Monitor;
         if !self.blocked.is_empty() {
-            Decision::Blocked
+            if monitor {
+                Decision::WouldBlock
+            } else {
+                Decision::Blocked
+            }
         } else if self.failure.is_some() {
             match policy.fail_mode {
-                policy::FailMode::FailClosed => Decision::Unavailable,
-                policy::FailMode::FailOpen => Decision::Unverified,
+                policy::FailMode::FailClosed if !monitor => Decision::Unavailable,
+                _ => Decision::Unverified,
             }
         } else if !self.flagged.is_empty() {
             Decision::Flagged

@@ -83,6 +83,18 @@ pub enum FailMode {
     FailOpen,
 }
 
+/// Whether a policy's verdicts are acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    /// Blocks block.
+    #[default]
+    Enforce,
+    /// Shadow mode, for rolling a policy out: every verdict is computed and recorded (audit,
+    /// metrics, the `warden` object) as `would_block`, and nothing is blocked.
+    Monitor,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
@@ -96,6 +108,8 @@ struct RawPolicy {
     on_block: BlockStyle,
     #[serde(default)]
     on_guard_failure: FailMode,
+    #[serde(default)]
+    enforcement: Enforcement,
     #[serde(default)]
     output: RawOutput,
     categories: Vec<Spanned<RawCategory>>,
@@ -163,6 +177,7 @@ pub struct Policy {
     pub refusal: String,
     pub on_block: BlockStyle,
     pub fail_mode: FailMode,
+    pub enforcement: Enforcement,
     pub window_chars: usize,
     pub stream_mode: StreamMode,
     pub categories: Vec<Category>,
@@ -384,6 +399,7 @@ impl Policy {
             refusal,
             on_block: raw.on_block,
             fail_mode: raw.on_guard_failure,
+            enforcement: raw.enforcement,
             window_chars: *window.get_ref(),
             stream_mode: raw.output.mode,
             categories,

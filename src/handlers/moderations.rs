@@ -115,7 +115,7 @@ pub async fn create(
             scores.insert(category.id.clone(), json!(if hit { 1.0 } else { 0.0 }));
         }
         results.push(json!({
-            "flagged": matches!(decision, Decision::Blocked | Decision::Flagged),
+            "flagged": matches!(decision, Decision::Blocked | Decision::Flagged | Decision::WouldBlock),
             "categories": categories,
             "category_scores": scores,
             "warden": {"verdict": decision.label(), "categories": fired, "policy": policy.name},

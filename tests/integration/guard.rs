@@ -808,3 +808,93 @@ async fn several_choices_are_refused_while_output_is_moderated() {
     }
     assert_eq!(upstream.calls(), 0);
 }
+
+#[tokio::test]
+async fn a_monitored_policy_records_what_it_would_block_and_blocks_nothing() {
+    let policy = test_policy("enforcement = \"monitor\"", 20, BUFFERED);
+    let (upstream, warden) = guarded(Flavor::OpenAi, "monitor", &policy).await;
+    upstream.guard(|g| {
+        g.rules
+            .push(unsafe_rule("hotwire", "unsafe\n{Non-Violent Crimes}"));
+        g.rules
+            .push(unsafe_rule("rayleigh", "unsafe\n{Violent Crimes}"));
+    });
+    let response = warden
+        .post(
+            "/v1/chat/completions",
+            ask("How do I hotwire a car?", false),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-warden-guard"],
+        "input=would_block(S2); output=would_block(S1)"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "The sky is blue because of Rayleigh scattering.",
+        "the answer goes out as the model gave it"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        body["warden"]["guard"]["input"],
+        json!({"verdict": "would_block", "categories": ["S2"]})
+    );
+    let response = warden
+        .post("/v1/chat/completions", ask("How do I hotwire a car?", true))
+        .await;
+    let chunks = sse_chunks(&response.text().await.unwrap());
+    assert_eq!(
+        streamed_text(&chunks),
+        "The sky is blue because of Rayleigh scattering."
+    );
+    let last = chunks
+        .iter()
+        .rev()
+        .find(|c| c["choices"][0]["finish_reason"].is_string())
+        .unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert_eq!(last["warden"]["guard"]["output"]["verdict"], "would_block");
+    assert_eq!(upstream.calls(), 2, "nothing was blocked");
+    let metrics = warden.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metric(
+            &metrics,
+            "warden_guard_verdicts_total{policy=\"default\",turn=\"input\",verdict=\"would_block\",category=\"S2\"}"
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn enforcement_changes_with_a_policy_reload() {
+    let dir = policy_dir(
+        "enforcement-reload",
+        &[(
+            "default",
+            &test_policy("enforcement = \"monitor\"", 1000, BUFFERED),
+        )],
+    );
+    let config = format!(
+        "[backends.b]\nkind = \"ollama\"\nbase_url = \"http://127.0.0.1:9\"\n[[models]]\nid = \"m\"\ntargets = [{{ backend = \"b\", model = \"x\" }}]\n[guard]\nbackend = \"b\"\nmodel = \"g\"\npolicies_dir = \"{}\"\n",
+        dir.display()
+    );
+    let parsed = warden::config::Config::parse(
+        &config,
+        std::path::Path::new("t.toml"),
+        &warden::config::MapEnv::default(),
+    )
+    .unwrap();
+    let guard = warden::AppState::new(parsed).unwrap().guard.unwrap();
+    let unsafe_s1 = warden::guard::Judgement {
+        blocked: vec!["S1".into()],
+        ..Default::default()
+    };
+    let decision =
+        |guard: &warden::guard::Guard| unsafe_s1.decide(&guard.default_policy().unwrap());
+    assert_eq!(decision(&guard), warden::guard::Decision::WouldBlock);
+    std::fs::write(dir.join("default.toml"), test_policy("", 1000, BUFFERED)).unwrap();
+    guard.reload().unwrap();
+    assert_eq!(decision(&guard), warden::guard::Decision::Blocked);
+}
