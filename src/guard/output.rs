@@ -57,16 +57,12 @@ impl OutputModerator {
     pub fn observe(&mut self, chunk: &ChatChunk) {
         for choice in chunk.choices.iter().filter(|c| c.index == 0) {
             let delta = &choice.delta;
-            for (field, text) in [
+            self.push_text_fields([
                 ("reasoning_content", &delta.reasoning_content),
                 ("reasoning", &delta.reasoning),
                 ("content", &delta.content),
                 ("refusal", &delta.refusal),
-            ] {
-                if let Some(text) = text {
-                    self.push_field(field, text);
-                }
-            }
+            ]);
             for call in delta.tool_calls.iter().flatten() {
                 if let Some(function) = &call.function {
                     if let Some(name) = &function.name {
@@ -82,21 +78,26 @@ impl OutputModerator {
 
     /// Adds a whole message (a non-streamed answer), every text-bearing field of it.
     pub fn observe_message(&mut self, message: &AssistantMessage) {
-        for (field, text) in [
+        self.push_text_fields([
             ("reasoning_content", &message.reasoning_content),
             ("reasoning", &message.reasoning),
             ("content", &message.content),
             ("refusal", &message.refusal),
-        ] {
-            if let Some(text) = text {
-                self.push_field(field, text);
-            }
-        }
+        ]);
         for call in message.tool_calls.iter().flatten() {
             self.push_field(
                 "tool_call",
                 &format!("\n{}({})", call.function.name, call.function.arguments),
             );
+        }
+    }
+
+    /// The text fields a delta and a message share, in the order the model writes them.
+    fn push_text_fields(&mut self, fields: [(&'static str, &Option<String>); 4]) {
+        for (field, text) in fields {
+            if let Some(text) = text {
+                self.push_field(field, text);
+            }
         }
     }
 

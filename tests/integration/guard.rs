@@ -661,9 +661,8 @@ async fn moderations_answer_in_openai_shape_with_the_policy() {
     assert_eq!(good["categories"]["violence"], false);
 }
 
-#[tokio::test]
-async fn a_reload_that_fails_keeps_the_policies_in_force() {
-    let dir = policy_dir("reload", &[("default", &test_policy("", 1000, BUFFERED))]);
+/// A guard (on a backend that is never called) over the policies in `dir`.
+fn guard_over(dir: &std::path::Path) -> std::sync::Arc<warden::guard::Guard> {
     let config = format!(
         "[backends.b]\nkind = \"ollama\"\nbase_url = \"http://127.0.0.1:9\"\n[[models]]\nid = \"m\"\ntargets = [{{ backend = \"b\", model = \"x\" }}]\n[guard]\nbackend = \"b\"\nmodel = \"g\"\npolicies_dir = \"{}\"\n",
         dir.display()
@@ -674,8 +673,13 @@ async fn a_reload_that_fails_keeps_the_policies_in_force() {
         &warden::config::MapEnv::default(),
     )
     .unwrap();
-    let state = warden::AppState::new(parsed).unwrap();
-    let guard = state.guard.unwrap();
+    warden::AppState::new(parsed).unwrap().guard.unwrap()
+}
+
+#[tokio::test]
+async fn a_reload_that_fails_keeps_the_policies_in_force() {
+    let dir = policy_dir("reload", &[("default", &test_policy("", 1000, BUFFERED))]);
+    let guard = guard_over(&dir);
     let before = guard.default_policy().unwrap().version.clone();
     std::fs::write(
         dir.join("default.toml"),
@@ -876,17 +880,7 @@ async fn enforcement_changes_with_a_policy_reload() {
             &test_policy("enforcement = \"monitor\"", 1000, BUFFERED),
         )],
     );
-    let config = format!(
-        "[backends.b]\nkind = \"ollama\"\nbase_url = \"http://127.0.0.1:9\"\n[[models]]\nid = \"m\"\ntargets = [{{ backend = \"b\", model = \"x\" }}]\n[guard]\nbackend = \"b\"\nmodel = \"g\"\npolicies_dir = \"{}\"\n",
-        dir.display()
-    );
-    let parsed = warden::config::Config::parse(
-        &config,
-        std::path::Path::new("t.toml"),
-        &warden::config::MapEnv::default(),
-    )
-    .unwrap();
-    let guard = warden::AppState::new(parsed).unwrap().guard.unwrap();
+    let guard = guard_over(&dir);
     let unsafe_s1 = warden::guard::Judgement {
         blocked: vec!["S1".into()],
         ..Default::default()
