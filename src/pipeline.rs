@@ -72,6 +72,21 @@ pub async fn chat(
             Some((guard.clone(), policy))
         }
     };
+    // Before any guard call or search: one answer is judged per request.
+    if guarded
+        .as_ref()
+        .is_some_and(|(_, policy)| policy.check_output)
+        && request
+            .extra
+            .get("n")
+            .and_then(serde_json::Value::as_u64)
+            .is_some_and(|n| n > 1)
+    {
+        return Err(ApiError::invalid(
+            "`n` must be 1 while output moderation is on: one answer is judged per request",
+            Some("n".to_owned()),
+        ));
+    }
     let audit = state.audit.as_ref().map(|audit| crate::audit::Context {
         audit: audit.clone(),
         request_id: request_id.clone(),
@@ -179,20 +194,6 @@ pub async fn chat(
         metrics.retrieval_sources(&plan.collection, retrieval_note.sources.len());
         span.record("sources", retrieval_note.sources.len());
         note.retrieval = Some(retrieval_note);
-    }
-    if guarded
-        .as_ref()
-        .is_some_and(|(_, policy)| policy.check_output)
-        && request
-            .extra
-            .get("n")
-            .and_then(serde_json::Value::as_u64)
-            .is_some_and(|n| n > 1)
-    {
-        return Err(ApiError::invalid(
-            "`n` must be 1 while output moderation is on: one answer is judged per request",
-            Some("n".to_owned()),
-        ));
     }
     let moderator = guarded.as_ref().and_then(|(guard, policy)| {
         policy.check_output.then(|| {
@@ -308,11 +309,7 @@ pub async fn chat(
                 Decision::Blocked => {
                     // Replaced whole: no field of the unsafe answer is left, logprobs included.
                     for choice in &mut completion.choices {
-                        choice.message = AssistantMessage {
-                            content: Some(moderator.policy.refusal.clone()),
-                            ..AssistantMessage::default()
-                        };
-                        choice.message.role = "assistant".to_owned();
+                        choice.message = AssistantMessage::text(&moderator.policy.refusal);
                         choice.logprobs = None;
                         choice.finish_reason = Some("content_filter".to_owned());
                     }
@@ -409,12 +406,7 @@ fn refuse(
                 model: identity.model,
                 choices: vec![Choice {
                     index: 0,
-                    message: AssistantMessage {
-                        role: "assistant".to_owned(),
-                        content: Some(policy.refusal.clone()),
-                        tool_calls: None,
-                        ..Default::default()
-                    },
+                    message: AssistantMessage::text(&policy.refusal),
                     finish_reason: Some("content_filter".to_owned()),
                     ..Default::default()
                 }],

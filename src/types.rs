@@ -227,6 +227,17 @@ pub struct AssistantMessage {
     pub unknown: Extra,
 }
 
+impl AssistantMessage {
+    /// An assistant message that says `text` and nothing else.
+    pub fn text(text: &str) -> AssistantMessage {
+        AssistantMessage {
+            role: assistant_role(),
+            content: Some(text.to_owned()),
+            ..AssistantMessage::default()
+        }
+    }
+}
+
 fn assistant_role() -> String {
     "assistant".to_owned()
 }

@@ -494,10 +494,7 @@ pub fn turns_of(messages: &[ChatMessage]) -> Vec<Turn> {
             Some(MessageContent::Text(t)) => text.push_str(t),
             Some(MessageContent::Parts(parts)) => {
                 for t in parts.iter().filter_map(ContentPart::text_content) {
-                    if !text.is_empty() {
-                        text.push('\n');
-                    }
-                    text.push_str(t);
+                    push_line(&mut text, t);
                 }
             }
             None => {}
@@ -508,26 +505,17 @@ pub fn turns_of(messages: &[ChatMessage]) -> Vec<Turn> {
             if let Some(value) = message.extra.get(*field).and_then(|v| v.as_str())
                 && !value.trim().is_empty()
             {
-                if !text.is_empty() {
-                    text.push('\n');
-                }
-                text.push_str(&format!("({field}: {value})"));
+                push_line(&mut text, &format!("({field}: {value})"));
             }
         }
         if let Some(call) = message.extra.get("function_call").filter(|v| !v.is_null()) {
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            text.push_str(&format!("function_call: {call}"));
+            push_line(&mut text, &format!("function_call: {call}"));
         }
         for call in message.tool_calls.iter().flatten() {
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            text.push_str(&format!(
-                "{}({})",
-                call.function.name, call.function.arguments
-            ));
+            push_line(
+                &mut text,
+                &format!("{}({})", call.function.name, call.function.arguments),
+            );
         }
         if text.trim().is_empty() {
             continue;
@@ -541,6 +529,14 @@ pub fn turns_of(messages: &[ChatMessage]) -> Vec<Turn> {
         }
     }
     turns
+}
+
+/// Appends `line` to `text`, on a line of its own when `text` already has some.
+fn push_line(text: &mut String, line: &str) {
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(line);
 }
 
 /// Splits `text` into pieces of at most `size` characters, each starting `overlap`

@@ -19,15 +19,20 @@ async fn open_stream(warden: &Warden) -> tokio::net::TcpStream {
     socket
 }
 
+/// Reads the start of the answer: the response head of a stream that began.
+async fn assert_answered_200(socket: &mut tokio::net::TcpStream) {
+    let mut buffer = vec![0u8; 4096];
+    let n = socket.read(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+}
+
 #[tokio::test]
 async fn disconnect_mid_stream_cancels_the_upstream() {
     for flavor in [Flavor::OpenAi, Flavor::Ollama] {
         let (upstream, warden) = single(flavor).await;
         upstream.script(|s| s.frame_delay = Duration::from_millis(200));
         let mut socket = open_stream(&warden).await;
-        let mut buffer = vec![0u8; 4096];
-        let n = socket.read(&mut buffer).await.unwrap();
-        assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+        assert_answered_200(&mut socket).await;
         drop(socket);
         assert!(
             upstream.wait_abandoned(Duration::from_secs(1)).await,
@@ -84,9 +89,7 @@ async fn disconnect_while_output_is_held_for_the_guard_cancels_the_upstream() {
             .write_all(b"GET /healthz HTTP/1.1\r\n")
             .await
             .unwrap();
-        let mut buffer = vec![0u8; 4096];
-        let n = socket.read(&mut buffer).await.unwrap();
-        assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+        assert_answered_200(&mut socket).await;
         drop(socket);
         assert!(
             upstream.wait_abandoned(Duration::from_secs(1)).await,

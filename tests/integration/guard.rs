@@ -810,6 +810,7 @@ async fn several_choices_are_refused_while_output_is_moderated() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"]["param"], "n");
     }
+    assert_eq!(upstream.guard_calls(), 0, "refused before any guard call");
     assert_eq!(upstream.calls(), 0);
 }
 
