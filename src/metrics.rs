@@ -55,6 +55,7 @@ pub struct Metrics {
     first_token_seconds: Histogram,
     stage_seconds: Histogram,
     guard_verdicts: Counter,
+    unjudged_parts: Counter,
     upstream_errors: Counter,
     rate_limited: Counter,
     retrieval_sources: Counter,
@@ -144,6 +145,15 @@ impl Metrics {
             .observe(vec![("stage", stage.to_owned())], elapsed);
     }
 
+    /// Content parts a policy lets through without a guard reading them (images under
+    /// `images = "pass"`).
+    pub fn unjudged_parts(&self, policy: &str, kind: &'static str, count: usize) {
+        self.unjudged_parts.add(
+            vec![("policy", policy.to_owned()), ("type", kind.to_owned())],
+            count as u64,
+        );
+    }
+
     pub fn guard_verdict(
         &self,
         policy: &str,
@@ -223,7 +233,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 7] = [
+        let counters: [(&str, &str, &Counter); 8] = [
             (
                 "warden_tokens_total",
                 "Tokens by key name and direction, as the backends reported them.",
@@ -238,6 +248,11 @@ impl Metrics {
                 "warden_guard_verdicts_total",
                 "Guard decisions by policy, turn (input/output), verdict and category.",
                 &self.guard_verdicts,
+            ),
+            (
+                "warden_unjudged_parts_total",
+                "Content parts forwarded without a guard reading them (policy `images = \"pass\"`), by policy and type.",
+                &self.unjudged_parts,
             ),
             (
                 "warden_upstream_errors_total",

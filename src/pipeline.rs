@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::guard::output::{OutputModerator, released_logprobs};
+use crate::guard::output::{OutputModerator, combined_verdict, released_logprobs};
 use crate::guard::policy::{BlockStyle, Policy};
 use crate::guard::{Decision, request_turns};
 use crate::note::{GuardNote, Note};
@@ -61,6 +61,7 @@ pub async fn chat(
     let request_started = Instant::now();
     let identity = StreamIdentity::new(&route.id);
     let include_usage = request.wants_usage_chunk();
+    let choices = request.choices();
     let guarded = match &state.guard {
         None => None,
         Some(guard) => {
@@ -72,21 +73,6 @@ pub async fn chat(
             Some((guard.clone(), policy))
         }
     };
-    // Before any guard call or search: one answer is judged per request.
-    if guarded
-        .as_ref()
-        .is_some_and(|(_, policy)| policy.check_output)
-        && request
-            .extra
-            .get("n")
-            .and_then(serde_json::Value::as_u64)
-            .is_some_and(|n| n > 1)
-    {
-        return Err(ApiError::invalid(
-            "`n` must be 1 while output moderation is on: one answer is judged per request",
-            Some("n".to_owned()),
-        ));
-    }
     let audit = state.audit.as_ref().map(|audit| crate::audit::Context {
         audit: audit.clone(),
         request_id: request_id.clone(),
@@ -109,7 +95,10 @@ pub async fn chat(
         if !policy.check_input {
             return Ok(None);
         }
-        crate::guard::scope::check(&request)?;
+        let unjudged_images = crate::guard::scope::check(&request, policy.images)?;
+        if unjudged_images > 0 {
+            metrics.unjudged_parts(&policy.name, "image_url", unjudged_images);
+        }
         let judgement = guard.check_input(policy, &request, &request_id).await;
         metrics.stage("guard_input", started.elapsed());
         span.record("guard_input_us", micros(started.elapsed()));
@@ -240,6 +229,7 @@ pub async fn chat(
                 request_id,
                 keep_alive: state.config.server.sse_keep_alive,
                 moderator,
+                choices,
                 note: (!note.is_empty()).then_some(note),
                 metrics: state.metrics.clone(),
                 audit,
@@ -272,49 +262,18 @@ pub async fn chat(
         completion.id = identity.id;
         completion.created = identity.created;
         completion.model = identity.model;
-        if let Some(mut moderator) = moderator {
-            // One answer is moderated (`n` > 1 is refused while output is checked).
-            completion.choices.retain(|c| c.index == 0);
-            for choice in &mut completion.choices {
-                moderator.observe_message(&choice.message);
-                choice.logprobs = choice.logprobs.take().and_then(|logprobs| {
-                    released_logprobs(
-                        &logprobs,
-                        choice.message.content.as_deref(),
-                        choice.message.refusal.as_deref(),
-                    )
-                });
-            }
+        if let Some(moderator) = moderator {
             let checked = Instant::now();
-            let decision = moderator.check_rest().await;
+            let decision =
+                moderate_completion(&mut completion, moderator, choices, metrics, audit.as_ref())
+                    .await;
             metrics.stage("guard_output", checked.elapsed());
-            let categories = moderator.judgement.categories();
-            span.record("output", decision.label());
-            let content = completion
-                .choices
-                .first()
-                .and_then(|c| c.message.content.as_deref())
-                .unwrap_or_default();
-            relay::record_output(
-                metrics,
-                audit.as_ref(),
-                &moderator,
-                decision,
-                &categories,
-                content,
-            );
-            note.set_output(decision, categories);
-            match decision {
-                Decision::Unavailable => return Err(guard_unavailable()),
-                Decision::Blocked => {
-                    // Replaced whole: no field of the unsafe answer is left, logprobs included.
-                    for choice in &mut completion.choices {
-                        choice.message = AssistantMessage::text(&moderator.policy.refusal);
-                        choice.logprobs = None;
-                        choice.finish_reason = Some("content_filter".to_owned());
-                    }
+            if let Some((decision, categories)) = decision {
+                span.record("output", decision.label());
+                note.set_output(decision, categories);
+                if decision == Decision::Unavailable {
+                    return Err(guard_unavailable());
                 }
-                _ => {}
             }
         }
         if !note.is_empty() {
@@ -325,6 +284,50 @@ pub async fn chat(
         response.headers_mut().extend(token_headers);
         Ok(response)
     }
+}
+
+/// Judges every choice of a non-streamed answer as an answer of its own, all at the same time;
+/// a blocked choice is replaced whole (no field of it is left, logprobs included) and finishes
+/// with `content_filter`. Choices beyond those asked for are not judged, so they are dropped.
+/// Returns the verdict over all choices.
+async fn moderate_completion(
+    completion: &mut ChatCompletion,
+    moderator: OutputModerator,
+    choices: usize,
+    metrics: &crate::metrics::Metrics,
+    audit: Option<&crate::audit::Context>,
+) -> Option<(Decision, Vec<String>)> {
+    completion.choices.retain(|c| (c.index as usize) < choices);
+    let mut moderators: Vec<OutputModerator> = Vec::with_capacity(completion.choices.len());
+    for choice in &mut completion.choices {
+        let mut answer = moderator.for_another_choice();
+        answer.observe_message(&choice.message);
+        choice.logprobs = choice.logprobs.take().and_then(|logprobs| {
+            released_logprobs(
+                &logprobs,
+                choice.message.content.as_deref(),
+                choice.message.refusal.as_deref(),
+            )
+        });
+        moderators.push(answer);
+    }
+    let decisions =
+        futures_util::future::join_all(moderators.iter_mut().map(|m| m.check_rest())).await;
+    for ((choice, answer), decision) in completion
+        .choices
+        .iter_mut()
+        .zip(&moderators)
+        .zip(decisions)
+    {
+        let categories = answer.judgement.categories();
+        relay::record_output(metrics, audit, answer, decision, &categories, answer.text());
+        if decision == Decision::Blocked {
+            choice.message = AssistantMessage::text(&answer.policy.refusal);
+            choice.logprobs = None;
+            choice.finish_reason = Some("content_filter".to_owned());
+        }
+    }
+    combined_verdict(&moderators)
 }
 
 /// The prompt's tokens as the embedding model's tokenizer counts them (a stand-in for the chat
@@ -421,6 +424,9 @@ fn refuse(
     response
 }
 
+/// The most choices (`n`) one request may ask for, as OpenAI allows.
+pub const MAX_CHOICES: usize = 128;
+
 /// Checks that serde cannot express, with OpenAI's wording where it has one.
 pub fn validate(request: &ChatRequest) -> Result<(), ApiError> {
     if request.model.trim().is_empty() {
@@ -433,6 +439,16 @@ pub fn validate(request: &ChatRequest) -> Result<(), ApiError> {
         return Err(ApiError::invalid(
             "Invalid 'messages': empty array. Expected an array with minimum length 1.",
             Some("messages".to_owned()),
+        ));
+    }
+    if let Some(n) = request.extra.get("n").filter(|n| !n.is_null())
+        && !n
+            .as_u64()
+            .is_some_and(|n| (1..=MAX_CHOICES as u64).contains(&n))
+    {
+        return Err(ApiError::invalid(
+            format!("Invalid 'n': expected an integer from 1 to {MAX_CHOICES}."),
+            Some("n".to_owned()),
         ));
     }
     if request.stream_options.is_some() && !request.is_stream() {

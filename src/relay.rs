@@ -12,8 +12,11 @@
 //! - `stream_first`: chunks go out at once, checks run beside the stream, and the last chunk
 //!   (the one with `finish_reason`) waits for the final check.
 //!
-//! On an unsafe verdict the stream ends with a chunk whose `finish_reason` is
-//! `content_filter`, then `[DONE]`, and the upstream request is dropped (cancelled).
+//! Each choice (`n`) is an answer of its own, with its own moderator and held chunks. On an
+//! unsafe verdict that choice ends with a chunk whose `finish_reason` is `content_filter` and
+//! what the upstream still sends for it is dropped; once every choice was stopped the stream
+//! ends (`[DONE]`) and the upstream request is dropped (cancelled). A guard failure under a
+//! policy that fails closed ends the whole stream with an error event.
 
 use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -27,7 +30,7 @@ use crate::backends::pool::StartedStream;
 use crate::backends::{ChunkStream, UpstreamError};
 use crate::error::ApiError;
 use crate::guard::Decision;
-use crate::guard::output::{CheckFuture, OutputModerator, released_logprobs};
+use crate::guard::output::{CheckFuture, OutputModerator, combined_verdict, released_logprobs};
 use crate::guard::policy::StreamMode;
 use crate::metrics::{Metrics, StreamGauge};
 use crate::note::Note;
@@ -49,6 +52,8 @@ pub struct RelayOptions {
     pub request_id: String,
     pub keep_alive: Duration,
     pub moderator: Option<OutputModerator>,
+    /// How many choices the client asked for (`n`): one moderator each.
+    pub choices: usize,
     /// The `warden` object: all of it on the first chunk, the guard's verdicts on the last.
     pub note: Option<Note>,
     pub metrics: Arc<Metrics>,
@@ -152,13 +157,51 @@ fn usage_chunk(identity: &StreamIdentity, usage: Usage) -> ChatChunk {
 }
 
 struct Moderation {
-    moderator: OutputModerator,
     mode: StreamMode,
-    /// Chunks not released yet: all of them in `buffered` mode, the finishing one in
-    /// `stream_first`.
+    /// One per choice, by index.
+    answers: Vec<Answer>,
+}
+
+/// One choice under moderation.
+struct Answer {
+    moderator: OutputModerator,
+    /// Chunks (of this choice only) not released yet: in `buffered` mode all of them, and in
+    /// both modes the finishing one, which waits for the final check.
     held: Vec<ChatChunk>,
     /// A `stream_first` check running beside the stream.
     check: Option<CheckFuture>,
+    /// Stopped by the guard: what the upstream still sends for this choice is dropped.
+    stopped: bool,
+}
+
+impl Answer {
+    fn new(moderator: OutputModerator) -> Self {
+        Answer {
+            moderator,
+            held: Vec::new(),
+            check: None,
+            stopped: false,
+        }
+    }
+}
+
+fn finishing(chunk: &ChatChunk) -> bool {
+    chunk.choices.iter().any(|c| c.finish_reason.is_some())
+}
+
+/// The first check of any choice to finish, with the choice's index. Pending while none runs.
+async fn next_check(answers: &mut [Answer]) -> (usize, (crate::guard::Judgement, usize)) {
+    std::future::poll_fn(|cx| {
+        for (index, answer) in answers.iter_mut().enumerate() {
+            if let Some(check) = answer.check.as_mut()
+                && let std::task::Poll::Ready(checked) = check.as_mut().poll(cx)
+            {
+                return std::task::Poll::Ready((index, checked));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 struct Relay {
@@ -199,7 +242,7 @@ impl Drop for Relay {
 )]
 enum Next {
     Upstream(Option<Result<ChatChunk, UpstreamError>>),
-    Checked((crate::guard::Judgement, usize)),
+    Checked((usize, (crate::guard::Judgement, usize))),
 }
 
 /// The event stream: the first chunk (already received), the rest, then usage and `[DONE]`.
@@ -208,11 +251,14 @@ pub fn events(
     rest: ChunkStream,
     options: RelayOptions,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    let moderation = options.moderator.map(|moderator| Moderation {
-        mode: moderator.policy.stream_mode,
-        moderator,
-        held: Vec::new(),
-        check: None,
+    let moderation = options.moderator.map(|moderator| {
+        let mut answers = Vec::with_capacity(options.choices.max(1));
+        for _ in 1..options.choices {
+            answers.push(Answer::new(moderator.for_another_choice()));
+        }
+        let mode = moderator.policy.stream_mode;
+        answers.insert(0, Answer::new(moderator));
+        Moderation { mode, answers }
     });
     let relay = Relay {
         upstream: rest,
@@ -261,25 +307,28 @@ impl Relay {
                 moderation,
                 ..
             } = self;
-            match moderation.as_mut().and_then(|m| m.check.as_mut()) {
-                Some(check) => tokio::select! {
-                    checked = check => Next::Checked(checked),
+            match moderation
+                .as_mut()
+                .filter(|m| m.answers.iter().any(|a| a.check.is_some()))
+            {
+                Some(moderation) => tokio::select! {
+                    checked = next_check(&mut moderation.answers) => Next::Checked(checked),
                     item = upstream.next() => Next::Upstream(item),
                 },
                 None => Next::Upstream(upstream.next().await),
             }
         };
         match next {
-            Next::Checked((judgement, upto)) => {
-                let Some(moderation) = self.moderation.as_mut() else {
+            Next::Checked((index, (judgement, upto))) => {
+                let Some(answer) = self.answer(index) else {
                     return Vec::new();
                 };
-                moderation.check = None;
-                let decision = moderation.moderator.finish_check(judgement, upto);
+                answer.check = None;
+                let decision = answer.moderator.finish_check(judgement, upto);
                 if !decision.lets_through() {
-                    return self.cut(decision);
+                    return self.stop(index, decision);
                 }
-                self.start_background_check();
+                self.start_background_check(index);
                 Vec::new()
             }
             Next::Upstream(Some(Ok(chunk))) => self.on_chunk(chunk).await,
@@ -308,90 +357,138 @@ impl Relay {
         chunk.created = self.identity.created;
         chunk.model.clone_from(&self.identity.model);
         chunk.object = chunk_object();
-        let Some(moderation) = self.moderation.as_mut() else {
+        if self.moderation.is_none() {
             return vec![self.emit(chunk)];
-        };
-        // One answer is moderated (`n` > 1 is refused while output is checked): a choice an
-        // upstream sends beyond it is not judged, so it is not relayed.
-        chunk.choices.retain(|c| c.index == 0);
-        if chunk.choices.is_empty() {
+        }
+        if chunk.choices.len() == 1 {
+            return self.on_choice(chunk).await;
+        }
+        // Choices are moderated, held and released apart: one chunk each.
+        let choices = std::mem::take(&mut chunk.choices);
+        let mut events = Vec::new();
+        for choice in choices {
+            let mut single = chunk.clone();
+            single.choices = vec![choice];
+            events.extend(self.on_choice(single).await);
+            if self.done {
+                break;
+            }
+        }
+        events
+    }
+
+    fn answer(&mut self, index: usize) -> Option<&mut Answer> {
+        self.moderation.as_mut()?.answers.get_mut(index)
+    }
+
+    /// A chunk of one choice, under moderation.
+    async fn on_choice(&mut self, mut chunk: ChatChunk) -> Vec<Event> {
+        let Some(moderation) = self.moderation.as_mut() else {
             return Vec::new();
-        }
-        for choice in &mut chunk.choices {
-            choice.logprobs = choice.logprobs.take().and_then(|logprobs| {
-                released_logprobs(
-                    &logprobs,
-                    choice.delta.content.as_deref(),
-                    choice.delta.refusal.as_deref(),
-                )
-            });
-        }
-        moderation.moderator.observe(&chunk);
-        match moderation.mode {
+        };
+        let mode = moderation.mode;
+        let Some(choice) = chunk.choices.first_mut() else {
+            return Vec::new();
+        };
+        let index = choice.index as usize;
+        // A choice beyond those asked for is not judged, so it is not relayed; nor is what
+        // follows a choice's stop.
+        let Some(answer) = moderation.answers.get_mut(index).filter(|a| !a.stopped) else {
+            return Vec::new();
+        };
+        choice.logprobs = choice.logprobs.take().and_then(|logprobs| {
+            released_logprobs(
+                &logprobs,
+                choice.delta.content.as_deref(),
+                choice.delta.refusal.as_deref(),
+            )
+        });
+        answer.moderator.observe_delta(&choice.delta);
+        match mode {
             StreamMode::Buffered => {
-                moderation.held.push(chunk);
-                if !moderation.moderator.window_ready() {
+                answer.held.push(chunk);
+                if !answer.moderator.window_ready() {
                     return Vec::new();
                 }
-                let (judgement, upto) = moderation.moderator.start_check().await;
-                let decision = moderation.moderator.finish_check(judgement, upto);
+                let (judgement, upto) = answer.moderator.start_check().await;
+                let decision = answer.moderator.finish_check(judgement, upto);
                 if !decision.lets_through() {
-                    return self.cut(decision);
+                    return self.stop(index, decision);
                 }
-                self.release_held()
+                self.release_judged(index)
             }
             StreamMode::StreamFirst => {
-                let finishing = chunk.choices.iter().any(|c| c.finish_reason.is_some());
-                let events = if finishing {
-                    moderation.held.push(chunk);
+                let events = if finishing(&chunk) {
+                    answer.held.push(chunk);
                     Vec::new()
                 } else {
                     vec![self.emit(chunk)]
                 };
-                self.start_background_check();
+                self.start_background_check(index);
                 events
             }
         }
     }
 
-    fn start_background_check(&mut self) {
-        if let Some(moderation) = self.moderation.as_mut()
-            && moderation.check.is_none()
-            && moderation.moderator.window_ready()
+    fn start_background_check(&mut self, index: usize) {
+        if let Some(answer) = self.answer(index)
+            && !answer.stopped
+            && answer.check.is_none()
+            && answer.moderator.window_ready()
         {
-            moderation.check = Some(moderation.moderator.start_check());
+            answer.check = Some(answer.moderator.start_check());
         }
     }
 
     async fn on_end(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
         let mut output = None;
         if let Some(moderation) = self.moderation.as_mut() {
-            if let Some(check) = moderation.check.take() {
-                let (judgement, upto) = check.await;
-                let decision = moderation.moderator.finish_check(judgement, upto);
+            // The last checks of every choice still running, at the same time.
+            let finals = moderation
+                .answers
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, answer)| !answer.stopped)
+                .map(|(index, answer)| async move {
+                    if let Some(check) = answer.check.take() {
+                        let (judgement, upto) = check.await;
+                        let decision = answer.moderator.finish_check(judgement, upto);
+                        if !decision.lets_through() {
+                            return (index, decision);
+                        }
+                    }
+                    (index, answer.moderator.check_rest().await)
+                });
+            let decisions = futures_util::future::join_all(finals).await;
+            for (index, decision) in decisions {
                 if !decision.lets_through() {
-                    return self.cut(decision);
+                    events.extend(self.stop(index, decision));
+                    if self.done {
+                        return events;
+                    }
+                } else if let Some(answer) =
+                    self.moderation.as_ref().and_then(|m| m.answers.get(index))
+                {
+                    let categories = answer.moderator.judgement.categories();
+                    record_output(
+                        &self.metrics,
+                        self.audit.as_ref(),
+                        &answer.moderator,
+                        decision,
+                        &categories,
+                        answer.moderator.text(),
+                    );
                 }
             }
-            let decision = moderation.moderator.check_rest().await;
-            if !decision.lets_through() {
-                return self.cut(decision);
+            if let Some((decision, categories)) = self.output_verdict() {
+                if let Some(note) = self.note.as_mut() {
+                    note.set_output(decision, categories);
+                }
+                output = Some(decision.label());
             }
-            let categories = moderation.moderator.judgement.categories();
-            record_output(
-                &self.metrics,
-                self.audit.as_ref(),
-                &moderation.moderator,
-                decision,
-                &categories,
-                moderation.moderator.text(),
-            );
-            if let Some(note) = self.note.as_mut() {
-                note.set_output(decision, categories);
-            }
-            output = Some(decision.label());
         }
-        let mut events = self.release_held();
+        events.extend(self.release_rest());
         self.done = true;
         // Counted once, at the end: the last usage an upstream sent is the total.
         if let Some(usage) = &self.usage {
@@ -408,6 +505,17 @@ impl Relay {
         // After the release: the first token of a buffered stream leaves only now.
         self.log_end("completed", output);
         events
+    }
+
+    /// The output verdict over every choice.
+    fn output_verdict(&self) -> Option<(Decision, Vec<String>)> {
+        combined_verdict(
+            self.moderation
+                .as_ref()?
+                .answers
+                .iter()
+                .map(|a| &a.moderator),
+        )
     }
 
     /// The stream's closing line, once: how it ended, the output verdict, the tokens and the
@@ -435,24 +543,37 @@ impl Relay {
         });
     }
 
-    /// Releases held chunks; the output verdict rides on the one that finishes the answer.
-    fn release_held(&mut self) -> Vec<Event> {
-        let held = match self.moderation.as_mut() {
-            Some(moderation) => std::mem::take(&mut moderation.held),
+    /// Releases a choice's judged chunks, all but the finishing one.
+    fn release_judged(&mut self, index: usize) -> Vec<Event> {
+        let Some(answer) = self.answer(index) else {
+            return Vec::new();
+        };
+        let (last, judged): (Vec<ChatChunk>, Vec<ChatChunk>) = std::mem::take(&mut answer.held)
+            .into_iter()
+            .partition(finishing);
+        answer.held = last;
+        judged.into_iter().map(|chunk| self.emit(chunk)).collect()
+    }
+
+    /// Releases what every choice still holds, at the end; the output verdict rides on the
+    /// last chunk that finishes a choice.
+    fn release_rest(&mut self) -> Vec<Event> {
+        let mut held: Vec<ChatChunk> = match self.moderation.as_mut() {
+            Some(moderation) => moderation
+                .answers
+                .iter_mut()
+                .filter(|answer| !answer.stopped)
+                .flat_map(|answer| std::mem::take(&mut answer.held))
+                .collect(),
             None => Vec::new(),
         };
-        let mut events = Vec::with_capacity(held.len());
-        for mut chunk in held {
-            let finishing = chunk.choices.iter().any(|c| c.finish_reason.is_some());
-            if finishing
-                && let Some(note) = &self.note
-                && note.has_output()
-            {
-                chunk.warden = Some(note.json_last());
-            }
-            events.push(self.emit(chunk));
+        if let Some(note) = &self.note
+            && note.has_output()
+            && let Some(last) = held.iter_mut().rev().find(|chunk| finishing(chunk))
+        {
+            last.warden = Some(note.json_last());
         }
-        events
+        held.into_iter().map(|chunk| self.emit(chunk)).collect()
     }
 
     /// Serializes a chunk; the first one carries the input verdict.
@@ -471,31 +592,47 @@ impl Relay {
         json_event(&chunk)
     }
 
-    /// Ends the stream after an unsafe verdict (or a guard failure that fails closed); held
-    /// text is dropped, and so is the upstream request.
-    fn cut(&mut self, decision: Decision) -> Vec<Event> {
+    /// Stops a choice after an unsafe verdict: its held text is dropped and it finishes with
+    /// `content_filter`. Once every choice is stopped, the stream ends and the upstream request
+    /// is dropped. A guard failure that fails closed ends the whole stream with an error.
+    fn stop(&mut self, index: usize, decision: Decision) -> Vec<Event> {
+        let Some(moderation) = self.moderation.as_mut() else {
+            return Vec::new();
+        };
+        let Some(answer) = moderation.answers.get_mut(index) else {
+            return Vec::new();
+        };
+        answer.stopped = true;
+        answer.held.clear();
+        answer.check = None;
+        let categories = answer.moderator.judgement.categories();
+        record_output(
+            &self.metrics,
+            self.audit.as_ref(),
+            &answer.moderator,
+            decision,
+            &categories,
+            answer.moderator.text(),
+        );
+        let all_stopped = moderation.answers.iter().all(|a| a.stopped);
+        let mut last = chunk(&self.identity, Delta::default(), Some("content_filter"));
+        for choice in &mut last.choices {
+            choice.index = u32::try_from(index).unwrap_or(u32::MAX);
+        }
+        if decision != Decision::Unavailable && !all_stopped {
+            return vec![json_event(&last)];
+        }
         self.done = true;
-        let categories = self
-            .moderation
-            .as_ref()
-            .map(|m| m.moderator.judgement.categories())
-            .unwrap_or_default();
         if let Some(moderation) = self.moderation.as_mut() {
-            moderation.held.clear();
-            moderation.check = None;
-            record_output(
-                &self.metrics,
-                self.audit.as_ref(),
-                &moderation.moderator,
-                decision,
-                &categories,
-                moderation.moderator.text(),
-            );
+            for answer in &mut moderation.answers {
+                answer.held.clear();
+                answer.check = None;
+            }
         }
         // Dropping the upstream stream closes its connection: generation stops.
         self.upstream = futures_util::stream::empty().boxed();
-        self.log_end("cut", Some(decision.label()));
         if decision == Decision::Unavailable {
+            self.log_end("cut", Some(decision.label()));
             let error = ApiError::Unavailable {
                 message: "the safety guard is unavailable and the policy fails closed".to_owned(),
                 code: "guard_unavailable",
@@ -505,12 +642,19 @@ impl Relay {
                 Event::default().data("[DONE]"),
             ];
         }
-        if let Some(note) = self.note.as_mut() {
+        let verdict = self.output_verdict();
+        let label = verdict.as_ref().map(|(decision, _)| decision.label());
+        if let (Some(note), Some((decision, categories))) = (self.note.as_mut(), verdict) {
             note.set_output(decision, categories);
         }
-        let mut last = chunk(&self.identity, Delta::default(), Some("content_filter"));
+        self.log_end("cut", label);
         if let Some(note) = &self.note {
-            last.warden = Some(note.json_last());
+            // Nothing went out yet: this chunk is the first, and carries all of the note.
+            last.warden = Some(if self.first_sent {
+                note.json_last()
+            } else {
+                note.json()
+            });
         }
         let mut events = vec![json_event(&last)];
         if self.include_usage

@@ -35,6 +35,16 @@ impl ChatRequest {
             .and_then(|o| o.include_usage)
             .unwrap_or(false)
     }
+
+    /// How many choices (`n`) the client asked for; 1 when it did not say.
+    pub fn choices(&self) -> usize {
+        self.extra
+            .get("n")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(1)
+            .max(1)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

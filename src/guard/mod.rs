@@ -108,7 +108,7 @@ impl Judgement {
         all
     }
 
-    fn merge(&mut self, other: Judgement) {
+    pub(crate) fn merge(&mut self, other: Judgement) {
         for c in other.blocked {
             if !self.blocked.contains(&c) {
                 self.blocked.push(c);

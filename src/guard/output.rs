@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::prompt::Turn;
 use super::{Decision, Guard, Judgement};
 use crate::guard::policy::Policy;
-use crate::types::{AssistantMessage, ChatChunk};
+use crate::types::{AssistantMessage, Delta};
 
 pub struct OutputModerator {
     guard: Arc<Guard>,
@@ -51,26 +51,36 @@ impl OutputModerator {
         }
     }
 
-    /// Adds what a chunk says to the text under moderation: every field the relay writes that
-    /// can carry model text (content, refusal, reasoning in both spellings, tool-call names and
-    /// arguments). Only choice 0 is relayed while output is moderated, so only it is read.
-    pub fn observe(&mut self, chunk: &ChatChunk) {
-        for choice in chunk.choices.iter().filter(|c| c.index == 0) {
-            let delta = &choice.delta;
-            self.push_text_fields([
-                ("reasoning_content", &delta.reasoning_content),
-                ("reasoning", &delta.reasoning),
-                ("content", &delta.content),
-                ("refusal", &delta.refusal),
-            ]);
-            for call in delta.tool_calls.iter().flatten() {
-                if let Some(function) = &call.function {
-                    if let Some(name) = &function.name {
-                        self.push_field("tool_call", &format!("\n{name}("));
-                    }
-                    if let Some(arguments) = &function.arguments {
-                        self.push_field("tool_call", arguments);
-                    }
+    /// A moderator for another choice of the same request: same guard, policy and context,
+    /// nothing observed yet. Each choice is judged as an answer of its own.
+    pub fn for_another_choice(&self) -> Self {
+        let mut fresh = OutputModerator::new(
+            self.guard.clone(),
+            self.policy.clone(),
+            Vec::new(),
+            self.request_id.clone(),
+        );
+        fresh.context = self.context.clone();
+        fresh
+    }
+
+    /// Adds what one choice's delta says to the text under moderation: every field the relay
+    /// writes that can carry model text (content, refusal, reasoning in both spellings,
+    /// tool-call names and arguments).
+    pub fn observe_delta(&mut self, delta: &Delta) {
+        self.push_text_fields([
+            ("reasoning_content", &delta.reasoning_content),
+            ("reasoning", &delta.reasoning),
+            ("content", &delta.content),
+            ("refusal", &delta.refusal),
+        ]);
+        for call in delta.tool_calls.iter().flatten() {
+            if let Some(function) = &call.function {
+                if let Some(name) = &function.name {
+                    self.push_field("tool_call", &format!("\n{name}("));
+                }
+                if let Some(arguments) = &function.arguments {
+                    self.push_field("tool_call", arguments);
                 }
             }
         }
@@ -185,6 +195,20 @@ impl OutputModerator {
         let (judgement, upto) = self.start_check().await;
         self.finish_check(judgement, upto)
     }
+}
+
+/// The verdict over several choices' moderators: every category that fired in any of them,
+/// decided once under the policy (one blocked choice makes the request's output `blocked`).
+pub fn combined_verdict<'a>(
+    moderators: impl IntoIterator<Item = &'a OutputModerator>,
+) -> Option<(Decision, Vec<String>)> {
+    let mut moderators = moderators.into_iter().peekable();
+    let policy = moderators.peek()?.policy.clone();
+    let mut all = Judgement::default();
+    for moderator in moderators {
+        all.merge(moderator.judgement.clone());
+    }
+    Some((all.decide(&policy), all.categories()))
 }
 
 /// The logprobs that may go out with the text they describe, or none. While output is

@@ -95,6 +95,18 @@ pub enum Enforcement {
     Monitor,
 }
 
+/// What happens to image content parts, which a text guard cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageParts {
+    /// A request with an image part is a 400: nothing the guard cannot judge reaches the model.
+    #[default]
+    Refuse,
+    /// Image parts go to the model unjudged (counted in `warden_unjudged_parts_total`): for
+    /// deployments whose model cannot read images, or that judge them elsewhere.
+    Pass,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
@@ -110,6 +122,8 @@ struct RawPolicy {
     on_guard_failure: FailMode,
     #[serde(default)]
     enforcement: Enforcement,
+    #[serde(default)]
+    images: ImageParts,
     #[serde(default)]
     output: RawOutput,
     categories: Vec<Spanned<RawCategory>>,
@@ -178,6 +192,7 @@ pub struct Policy {
     pub on_block: BlockStyle,
     pub fail_mode: FailMode,
     pub enforcement: Enforcement,
+    pub images: ImageParts,
     pub window_chars: usize,
     pub stream_mode: StreamMode,
     pub categories: Vec<Category>,
@@ -400,6 +415,7 @@ impl Policy {
             on_block: raw.on_block,
             fail_mode: raw.on_guard_failure,
             enforcement: raw.enforcement,
+            images: raw.images,
             window_chars: *window.get_ref(),
             stream_mode: raw.output.mode,
             categories,

@@ -4,6 +4,7 @@
 //! unjudged. The README's "What is judged" lists the same sets.
 
 use crate::error::ApiError;
+use crate::guard::policy::ImageParts;
 use crate::types::{ChatRequest, ContentPart};
 
 /// Request fields whose text the model reads (tool and function definitions, the forced tool,
@@ -114,7 +115,7 @@ pub const MESSAGE_FIELDS: &[&str] = &[
 ];
 
 /// Content-part types that carry text (judged) or an image (`image_url`, which a text guard
-/// cannot read; see the README).
+/// cannot read: refused unless the policy says `images = "pass"`).
 pub const PART_TYPES: &[&str] = &["text", "input_text", "output_text", "refusal", "image_url"];
 
 /// Fields a content part may have besides the one its type names.
@@ -130,8 +131,10 @@ pub const MESSAGE_TEXT_FIELDS: &[&str] = &[
 ];
 
 /// Refuses what the guard would not see: an unknown request field, message field, content-part
-/// type or part field, and ids that are not ids.
-pub fn check(request: &ChatRequest) -> Result<(), ApiError> {
+/// type or part field, ids that are not ids, and images unless the policy lets them pass.
+/// Returns how many image parts go to the model unjudged.
+pub fn check(request: &ChatRequest, images: ImageParts) -> Result<usize, ApiError> {
+    let mut unjudged_images = 0;
     for field in request.extra.keys() {
         let known = JUDGED_REQUEST_FIELDS.contains(&field.as_str())
             || CONTROL_REQUEST_FIELDS.contains(&field.as_str());
@@ -169,11 +172,21 @@ pub fn check(request: &ChatRequest) -> Result<(), ApiError> {
         }
         if let Some(crate::types::MessageContent::Parts(parts)) = &message.content {
             for (j, part) in parts.iter().enumerate() {
-                check_part(part, &format!("messages[{i}].content[{j}]"))?;
+                let param = format!("messages[{i}].content[{j}]");
+                check_part(part, &param)?;
+                if part.kind == "image_url" {
+                    if images == ImageParts::Refuse {
+                        return Err(ApiError::invalid(
+                            "image content parts are not accepted under this policy: the safety guard reads text only (a policy may set `images = \"pass\"` to forward them unjudged)",
+                            Some(param),
+                        ));
+                    }
+                    unjudged_images += 1;
+                }
             }
         }
     }
-    Ok(())
+    Ok(unjudged_images)
 }
 
 fn check_part(part: &ContentPart, param: &str) -> Result<(), ApiError> {
@@ -241,8 +254,8 @@ mod tests {
     }
 
     fn refused_param(body: Value) -> Option<String> {
-        match check(&request(body)) {
-            Ok(()) => None,
+        match check(&request(body), ImageParts::Refuse) {
+            Ok(_) => None,
             Err(ApiError::InvalidRequest { param, .. }) => param,
             Err(other) => panic!("unexpected {other:?}"),
         }
@@ -284,6 +297,16 @@ mod tests {
             refused_param(object_name).as_deref(),
             Some("messages[0].name")
         );
+    }
+
+    #[test]
+    fn images_are_refused_unless_the_policy_passes_them() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]});
+        assert_eq!(
+            refused_param(body.clone()).as_deref(),
+            Some("messages[0].content[1]")
+        );
+        assert_eq!(check(&request(body), ImageParts::Pass).ok(), Some(1));
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Script {
     pub status: u16,
     /// Fixture served when the request has `"stream": true`.
     pub stream_fixture: String,
+    /// Served instead of `stream_fixture` when set: a stream a test built from fixture chunks.
+    pub generated_stream: Option<Bytes>,
     /// Fixture served otherwise (and as the body of a non-200 status).
     pub body_fixture: String,
     pub first_byte_delay: Duration,
@@ -62,6 +64,7 @@ impl Script {
         Script {
             status: 200,
             stream_fixture: stream.to_owned(),
+            generated_stream: None,
             body_fixture: body.to_owned(),
             first_byte_delay: Duration::ZERO,
             frame_delay: Duration::ZERO,
@@ -341,7 +344,10 @@ async fn chat(
         guard.finished = true;
         return (status, [("content-type", "application/json")], bytes).into_response();
     }
-    let all = state.fixture_bytes(&script.stream_fixture);
+    let all = match &script.generated_stream {
+        Some(generated) => generated.clone(),
+        None => state.fixture_bytes(&script.stream_fixture),
+    };
     let mut frames = frames(&all, state.flavor);
     let complete = script.break_after.is_none_or(|n| n >= frames.len());
     if let Some(n) = script.break_after {

@@ -798,20 +798,162 @@ async fn unsafe_text_in_any_output_field_never_reaches_the_client() {
     }
 }
 
-#[tokio::test]
-async fn several_choices_are_refused_while_output_is_moderated() {
-    let (upstream, warden) =
-        guarded(Flavor::OpenAi, "choices", &test_policy("", 20, BUFFERED)).await;
-    for stream in [true, false] {
-        let mut body = ask("Why is the sky blue?", stream);
-        body["n"] = json!(2);
-        let response = warden.post("/v1/chat/completions", body).await;
-        assert_eq!(response.status(), 400);
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["param"], "n");
+/// The raw text of a response, and each choice's text and finish reason as a client reads them.
+fn choices_of(raw: &str, stream: bool) -> Vec<(String, String)> {
+    let mut choices: Vec<(String, String)> = Vec::new();
+    fn slot(choices: &mut Vec<(String, String)>, choice: &serde_json::Value) -> usize {
+        let index = choice["index"].as_u64().unwrap() as usize;
+        if choices.len() <= index {
+            choices.resize(index + 1, (String::new(), String::new()));
+        }
+        index
     }
-    assert_eq!(upstream.guard_calls(), 0, "refused before any guard call");
-    assert_eq!(upstream.calls(), 0);
+    if stream {
+        for chunk in sse_chunks(raw) {
+            for choice in chunk["choices"].as_array().into_iter().flatten() {
+                let i = slot(&mut choices, choice);
+                if let Some(text) = choice["delta"]["content"].as_str() {
+                    choices[i].0.push_str(text);
+                }
+                if let Some(reason) = choice["finish_reason"].as_str() {
+                    choices[i].1 = reason.to_owned();
+                }
+            }
+        }
+    } else {
+        let body: serde_json::Value = serde_json::from_str(raw).unwrap();
+        for choice in body["choices"].as_array().unwrap() {
+            let i = slot(&mut choices, choice);
+            choices[i] = (
+                choice["message"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                choice["finish_reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+    choices
+}
+
+#[tokio::test]
+async fn every_choice_is_judged_as_an_answer_of_its_own() {
+    const SAFE: &str = "The sky is blue because of Rayleigh scattering.";
+    const SECOND: &str = "A nerve agent is made like this.";
+    for mode in [BUFFERED, STREAM_FIRST] {
+        // Verdicts are cached by text: each phase gets its own Warden.
+        let two_choices = || async {
+            let policy = test_policy("refusal = \"Not something I can help with.\"", 20, mode);
+            let (upstream, warden) = guarded(Flavor::OpenAi, "choices", &policy).await;
+            upstream.script(|s| {
+                s.stream_fixture = "openai/chat_two_choices_stream.sse".to_owned();
+                s.body_fixture = "openai/chat_two_choices.json".to_owned();
+            });
+            (upstream, warden)
+        };
+        let ask_two = |stream: bool| {
+            let mut body = ask("Why is the sky blue?", stream);
+            body["n"] = json!(2);
+            body
+        };
+
+        // Both choices safe: both go out whole, each judged apart from the other.
+        let (upstream, warden) = two_choices().await;
+        for stream in [true, false] {
+            let response = warden.post("/v1/chat/completions", ask_two(stream)).await;
+            assert_eq!(response.status(), 200);
+            let raw = response.text().await.unwrap();
+            assert_eq!(
+                choices_of(&raw, stream),
+                vec![
+                    (SAFE.to_owned(), "stop".to_owned()),
+                    (SECOND.to_owned(), "stop".to_owned())
+                ],
+                "{mode} stream={stream}: {raw}"
+            );
+        }
+        let output_turns: Vec<String> = upstream
+            .guard_prompts()
+            .iter()
+            .map(|p| judged_turn(p))
+            .filter(|turn| turn.starts_with("Agent:"))
+            .collect();
+        assert!(
+            output_turns.iter().any(|t| t.contains("Rayleigh"))
+                && output_turns.iter().any(|t| t.contains("nerve agent")),
+            "{output_turns:?}"
+        );
+        assert!(
+            !output_turns
+                .iter()
+                .any(|t| t.contains("Rayleigh") && t.contains("nerve")),
+            "one choice's text is never judged with another's: {output_turns:?}"
+        );
+        for n in [json!(0), json!(129), json!("2")] {
+            let mut body = ask("Why is the sky blue?", false);
+            body["n"] = n.clone();
+            let response = warden.post("/v1/chat/completions", body).await;
+            assert_eq!(response.status(), 400, "n = {n}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["param"], "n");
+        }
+        assert_eq!(upstream.calls(), 2, "bad `n` values never reach the model");
+
+        // Choice 1 unsafe: it alone ends with content_filter, none of it out; choice 0 whole.
+        let (upstream, warden) = two_choices().await;
+        upstream.guard(|g| {
+            g.rules.push(unsafe_rule(
+                "nerve agent",
+                "unsafe\n{Indiscriminate Weapons}",
+            ))
+        });
+        for stream in [true, false] {
+            let response = warden.post("/v1/chat/completions", ask_two(stream)).await;
+            assert_eq!(response.status(), 200);
+            let raw = response.text().await.unwrap();
+            let got = choices_of(&raw, stream);
+            assert_eq!(got.len(), 2, "{mode} stream={stream}: {raw}");
+            assert_eq!(
+                got[0],
+                (SAFE.to_owned(), "stop".to_owned()),
+                "{mode} stream={stream}"
+            );
+            assert_eq!(got[1].1, "content_filter", "{mode} stream={stream}: {raw}");
+            // `stream_first` lets text out before it is judged, by the policy's choice.
+            if mode == BUFFERED || !stream {
+                assert!(
+                    !raw.contains("nerve") && !raw.contains("agent is made"),
+                    "{mode} stream={stream}: {raw}"
+                );
+                let refusal = if stream {
+                    ""
+                } else {
+                    "Not something I can help with."
+                };
+                assert_eq!(got[1].0, refusal, "{mode} stream={stream}");
+            }
+            let verdict = if stream {
+                sse_chunks(&raw).iter().rev().find_map(|c| {
+                    c["warden"]["guard"]["output"]["verdict"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+            } else {
+                serde_json::from_str::<serde_json::Value>(&raw).unwrap()["warden"]["guard"]["output"]
+                    ["verdict"]
+                    .as_str()
+                    .map(str::to_owned)
+            };
+            assert_eq!(
+                verdict.as_deref(),
+                Some("blocked"),
+                "{mode} stream={stream}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -892,4 +1034,214 @@ async fn enforcement_changes_with_a_policy_reload() {
     std::fs::write(dir.join("default.toml"), test_policy("", 1000, BUFFERED)).unwrap();
     guard.reload().unwrap();
     assert_eq!(decision(&guard), warden::guard::Decision::Blocked);
+}
+
+#[tokio::test]
+async fn images_are_refused_unless_the_policy_lets_them_pass_unjudged() {
+    let with_image = |stream: bool| {
+        json!({"model": "llama3.2", "stream": stream, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What does this say?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUg=="}}
+        ]}]})
+    };
+    for flavor in [Flavor::Ollama, Flavor::OpenAi] {
+        let (upstream, warden) = guarded(flavor, "images", &test_policy("", 1000, BUFFERED)).await;
+        for stream in [true, false] {
+            let response = warden
+                .post("/v1/chat/completions", with_image(stream))
+                .await;
+            assert_eq!(response.status(), 400, "{flavor:?}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["param"], "messages[0].content[1]");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("images = \"pass\""), "{body}");
+        }
+        assert_eq!(upstream.calls(), 0, "{flavor:?}: nothing reached the model");
+
+        let policy = test_policy("images = \"pass\"", 1000, BUFFERED);
+        let (upstream, warden) = guarded(flavor, "images-pass", &policy).await;
+        for stream in [true, false] {
+            let response = warden
+                .post("/v1/chat/completions", with_image(stream))
+                .await;
+            assert_eq!(response.status(), 200, "{flavor:?}");
+            let _ = response.text().await.unwrap();
+        }
+        assert_eq!(upstream.calls(), 2);
+        assert!(
+            upstream.last_body().to_string().contains("iVBORw0KGgo"),
+            "{flavor:?}: the image went on"
+        );
+        let metrics = warden.get("/metrics").await.text().await.unwrap();
+        assert_eq!(
+            metric(
+                &metrics,
+                "warden_unjudged_parts_total{policy=\"default\",type=\"image_url\"}"
+            ),
+            Some(2.0),
+            "{metrics}"
+        );
+    }
+}
+
+/// xorshift64*: a small deterministic generator, so that a failing case replays from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n.max(1)
+    }
+}
+
+/// `text` cut at random character boundaries into pieces of 1 to `longest` characters.
+fn random_pieces(text: &str, rng: &mut Rng, longest: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    while at < chars.len() {
+        let len = (1 + rng.below(longest)).min(chars.len() - at);
+        pieces.push(chars[at..at + len].iter().collect());
+        at += len;
+    }
+    pieces
+}
+
+/// A stream that says `pieces` in one text-bearing `field`, each chunk made from a recorded
+/// fixture chunk with only its delta (or message) replaced, so the wire shape is the fixture's.
+fn generated_stream(flavor: Flavor, field: &str, pieces: &[String]) -> String {
+    let first_frame = |name: &str, separator: &str| -> serde_json::Value {
+        let text = crate::fake_upstream::fixture(name);
+        let frame = text.split(separator).next().unwrap();
+        serde_json::from_str(frame.trim_start_matches("data: ")).unwrap()
+    };
+    let mut out = String::new();
+    match flavor {
+        Flavor::OpenAi => {
+            let template = first_frame("openai/chat_stream.sse", "\n\n");
+            let mut event = |delta: serde_json::Value, finish: Option<&str>| {
+                let mut chunk = template.clone();
+                chunk["choices"][0]["delta"] = delta;
+                chunk["choices"][0]["finish_reason"] = json!(finish);
+                out.push_str(&format!("data: {chunk}\n\n"));
+            };
+            let tool = field == "tool_calls";
+            if tool {
+                let opening = first_frame("openai/chat_tool_stream.sse", "\n\n");
+                event(opening["choices"][0]["delta"].clone(), None);
+            } else {
+                event(json!({"role": "assistant", "content": ""}), None);
+            }
+            for piece in pieces {
+                if tool {
+                    event(
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                        None,
+                    );
+                } else {
+                    event(json!({ field: piece }), None);
+                }
+            }
+            event(json!({}), Some(if tool { "tool_calls" } else { "stop" }));
+            out.push_str("data: [DONE]\n\n");
+        }
+        Flavor::Ollama => {
+            let fixture = crate::fake_upstream::fixture("ollama/chat_stream.ndjson");
+            let template: serde_json::Value =
+                serde_json::from_str(fixture.lines().next().unwrap()).unwrap();
+            for piece in pieces {
+                let mut line = template.clone();
+                line["message"] = match field {
+                    "content" => json!({"role": "assistant", "content": piece}),
+                    _ => json!({"role": "assistant", "content": "", field: piece}),
+                };
+                out.push_str(&format!("{line}\n"));
+            }
+            out.push_str(fixture.lines().last().unwrap());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn random_chunk_boundaries_never_let_unsafe_text_out_in_any_field() {
+    const UNSAFE: &str = "nerve agent";
+    let answer = format!(
+        "Here is what you asked about, in short. A {UNSAFE} is made like this, step by step."
+    );
+    let seed: u64 = std::env::var("WARDEN_PROPERTY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_2026_1203);
+    let mut rng = Rng(seed);
+    let mut cases = 0;
+    // The guard sees a phrase split across two checks whole when a window is at least as long
+    // as the phrase (each check reaches back one window); 20 is the smallest a policy allows.
+    for window in [20, 33, 80, 400] {
+        for flavor in [Flavor::OpenAi, Flavor::Ollama] {
+            let fields: &[&str] = match flavor {
+                Flavor::OpenAi => &[
+                    "content",
+                    "reasoning_content",
+                    "reasoning",
+                    "refusal",
+                    "tool_calls",
+                ],
+                Flavor::Ollama => &["content", "thinking"],
+            };
+            let policy = test_policy("", window, BUFFERED);
+            let (upstream, warden) = guarded(flavor, "property", &policy).await;
+            upstream.guard(|g| {
+                g.rules
+                    .push(unsafe_rule(UNSAFE, "unsafe\n{Indiscriminate Weapons}"))
+            });
+            for field in fields {
+                for _ in 0..6 {
+                    let case_seed = rng.0;
+                    let longest = 1 + rng.below(24);
+                    let pieces = random_pieces(&answer, &mut rng, longest);
+                    let stream = generated_stream(flavor, field, &pieces);
+                    upstream.script(|s| s.generated_stream = Some(stream.clone().into()));
+                    let response = warden
+                        .post("/v1/chat/completions", ask("Tell me about it.", true))
+                        .await;
+                    assert_eq!(response.status(), 200);
+                    let raw = response.text().await.unwrap();
+                    let case = format!(
+                        "{flavor:?} window={window} field={field} case seed={case_seed} (run seed {seed}) pieces={pieces:?}"
+                    );
+                    assert!(!raw.contains(UNSAFE), "{case}\n{raw}");
+                    let chunks = sse_chunks(&raw);
+                    // What a client reads, every text field of every delta put together.
+                    let mut released = String::new();
+                    for choice in chunks
+                        .iter()
+                        .flat_map(|c| c["choices"].as_array().cloned().unwrap_or_default())
+                    {
+                        let delta = &choice["delta"];
+                        for field in ["content", "reasoning_content", "reasoning", "refusal"] {
+                            released.push_str(delta[field].as_str().unwrap_or_default());
+                        }
+                        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                            released.push_str(
+                                call["function"]["arguments"].as_str().unwrap_or_default(),
+                            );
+                        }
+                    }
+                    assert!(!released.contains(UNSAFE), "{case}\n{released}");
+                    assert!(
+                        chunks
+                            .iter()
+                            .any(|c| c["choices"][0]["finish_reason"] == "content_filter"),
+                        "{case}\n{raw}"
+                    );
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 4 * (5 + 2) * 6);
 }
