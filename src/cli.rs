@@ -350,18 +350,19 @@ async fn docs(knowledge: std::sync::Arc<Knowledge>, command: DocsCommand) -> Exi
             .store
             .check(&collection, knowledge.embedder.dimension)
             .await?;
-        let before = knowledge
-            .store
-            .count_document(&collection, &tenant, &doc_id)
-            .await?;
         knowledge
             .store
             .delete_document(&collection, &tenant, &doc_id)
-            .await?;
-        Ok::<usize, crate::store::StoreError>(before)
+            .await
     }
     .await;
     match result {
+        Ok(0) => {
+            report(&format!(
+                "no document {doc_id} in `{collection}` for the tenant `{tenant}`: nothing deleted"
+            ));
+            ExitCode::FAILURE
+        }
         Ok(chunks) => {
             let _ = writeln!(
                 std::io::stdout().lock(),

@@ -346,12 +346,20 @@ pub async fn delete_document(
         .check(&collection, knowledge.embedder.dimension)
         .await
         .map_err(|e| knowledge_error(e.into()))?;
-    knowledge
+    let chunks = knowledge
         .store
         .delete_document(&collection, &caller.tenant, &doc_id)
         .await
         .map_err(|e| knowledge_error(e.into()))?;
+    // Another tenant's document is as absent as one that never existed.
+    if chunks == 0 {
+        return Err(ApiError::NotFound {
+            message: format!("No document `{doc_id}` in the collection `{collection}`."),
+            param: Some("doc_id".to_owned()),
+            code: "document_not_found",
+        });
+    }
     Ok(Json(
-        json!({"object": "document", "id": doc_id, "collection": collection, "deleted": true}),
+        json!({"object": "document", "id": doc_id, "collection": collection, "deleted": true, "chunks": chunks}),
     ))
 }

@@ -836,12 +836,18 @@ impl Store {
     }
 
     /// Removes every chunk of a document of a tenant.
+    /// Deletes a document's chunks within one tenant; returns how many there were (0: the
+    /// tenant has no such document, and nothing was touched).
     pub async fn delete_document(
         &self,
         collection: &str,
         tenant: &str,
         doc_id: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
+        let chunks = self.count_document(collection, tenant, doc_id).await?;
+        if chunks == 0 {
+            return Ok(0);
+        }
         let filter = format!(
             "{FIELD_TENANT} == {} and {FIELD_DOC} == {}",
             literal(tenant),
@@ -853,7 +859,7 @@ impl Store {
             .build()
             .map_err(failed)?;
         self.limit(self.client().await?.delete(request)).await?;
-        Ok(())
+        Ok(chunks)
     }
 
     /// Number of chunks of a document (what a delete or re-ingest can be checked against).

@@ -649,6 +649,26 @@ async fn the_ingest_command_reports_and_skips_what_it_cannot_read() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("chunks) from"));
+    // Gone now, and another tenant's is as absent: a failure that says nothing was deleted.
+    for tenant in ["default", "someone-else"] {
+        let out = run(vec![
+            "docs".into(),
+            "delete".into(),
+            "--collection".into(),
+            collection.clone(),
+            "--tenant".into(),
+            tenant.into(),
+            doc_id_for(&kestrel),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("nothing deleted"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = run(vec![
         "collections".into(),
         "drop".into(),
@@ -775,7 +795,9 @@ async fn a_tenant_never_receives_another_tenants_chunks() {
         .send()
         .await
         .unwrap();
-    assert_eq!(deleted.status(), 200);
+    assert_eq!(deleted.status(), 404, "nothing of tenant-b's was deleted");
+    let body: serde_json::Value = deleted.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "document_not_found");
     let still: serde_json::Value = ask(
         "key-a",
         "What is Project Falcon's launch code?".into(),
