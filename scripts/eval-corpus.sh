@@ -8,14 +8,14 @@
 #
 # DIR is rebuilt from scratch each time. It must be new, empty, or a corpus this script made
 # (it leaves a `.warden-eval-corpus` marker; hidden files are not ingested). A listed page that
-# is missing is an error: the question set (eval/questions.jsonl) depends on every one.
+# is missing is an error: the question set (eval/sets/manpages/questions.jsonl) depends on every one.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:-${WARDEN_CACHE:-$HOME/.cache/warden}/eval-corpus}"
 mandir="${EVAL_MANDIR:-/usr/share/man}"
 
-# name.section, one per entry. Changing this list means checking eval/questions.jsonl again.
+# name.section, one per entry. Changing this list means checking eval/sets/manpages/questions.jsonl again.
 pages=(
   # coreutils
   cat.1 cp.1 mv.1 rm.1 ln.1 ls.1 mkdir.1 chmod.1 chown.1 touch.1

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# `make eval-retrieval`: retrieval quality on the machine's manual pages, through Warden's own path.
+# `make eval-retrieval`: retrieval quality on three eval sets of different kinds, through Warden's
+# own path.
 #
-# Builds the corpus (scripts/eval-corpus.sh: 80 English man pages as Markdown), starts Milvus Lite
+# The sets (eval/sets/NAME/questions.jsonl): `manpages` (80 man pages as Markdown,
+# scripts/eval-corpus.sh), `pylib` (Python 3.11 library-reference pages, HTML) and `pyguide`
+# (Python's HOWTOs, tutorial and FAQ, HTML; both from Debian's python3.11-doc,
+# scripts/eval-corpus-pydoc.sh). EVAL_SETS picks some ("manpages pylib"). Starts Milvus Lite
 # (EVAL_ENGINE=lite, the default: Milvus Lite 3.2.2; EVAL_ENGINE=lite25: Milvus Lite 2.5.1, C++)
-# on a free port with a fresh data folder, ingests the corpus with `warden ingest` (the release
-# binary, with a config written here), computes the pure-BM25 baseline without Milvus
-# (scripts/eval_bm25.py), then runs examples/eval_retrieval.rs: hit@1/3/5 and MRR@10 per mode for
-# the questions of eval/questions.jsonl, and the search latency of dense and hybrid on
-# EVAL_LATENCY_ROWS chunks (default 10000; 0 skips it). Milvus is stopped on exit, whatever happens.
+# on a free port with a fresh data folder, ingests each corpus into its own collection with
+# `warden ingest` (the release binary, with a config written here), computes the pure-BM25
+# baseline of each without Milvus (scripts/eval_bm25.py), then runs examples/eval_retrieval.rs:
+# hit@1/3/5 and MRR@10 per set and mode, their mean, a grid of fusion settings with
+# leave-one-set-out choice, and the search latency of dense and hybrid on EVAL_LATENCY_ROWS
+# chunks (default 10000; 0 skips it). Milvus is stopped on exit, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${WARDEN_CACHE:-$HOME/.cache/warden}
@@ -28,8 +33,23 @@ scripts/models.sh setup
 eval "$(scripts/models.sh paths)"
 export ORT_DYLIB_PATH EMBED_MODEL_DIR
 
-corpus="$CACHE/eval-corpus"
-scripts/eval-corpus.sh "$corpus" >&2
+sets=(${EVAL_SETS:-manpages pylib pyguide})
+for set_name in "${sets[@]}"; do
+  [[ -f "eval/sets/$set_name/questions.jsonl" ]] ||
+    { echo "eval-retrieval.sh: no eval set '$set_name' (eval/sets/$set_name/questions.jsonl)" >&2; exit 2; }
+done
+corpus_of() {
+  case "$1" in
+    manpages) echo "$CACHE/eval-corpus" ;;
+    *) echo "$CACHE/eval-corpus-$1" ;;
+  esac
+}
+for set_name in "${sets[@]}"; do
+  case "$set_name" in
+    manpages) scripts/eval-corpus.sh "$(corpus_of manpages)" >&2 ;;
+    *) scripts/eval-corpus-pydoc.sh "$set_name" "$(corpus_of "$set_name")" >&2 ;;
+  esac
+done
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/warden-eval.XXXXXX")
 pid=
@@ -58,11 +78,15 @@ uri = "$MILVUS_EVAL_URI"
 timeout_ms = 60000
 TOML
 
-collection=eval_manpages
-echo "== ingesting $corpus into $collection (Milvus $engine on port $port)" >&2
-"$warden" ingest --config "$run_dir/eval.toml" --collection "$collection" "$corpus" >&2
+args=()
+for set_name in "${sets[@]}"; do
+  corpus=$(corpus_of "$set_name")
+  collection="eval_$set_name"
+  echo "== ingesting $corpus into $collection (Milvus $engine on port $port)" >&2
+  "$warden" ingest --config "$run_dir/eval.toml" --collection "$collection" "$corpus" >&2
+  echo "== pure BM25 baseline of $set_name (no Milvus)" >&2
+  python3 scripts/eval_bm25.py "$corpus" "eval/sets/$set_name/questions.jsonl" --json 2>/dev/null >"$run_dir/$set_name.baseline.json"
+  args+=("$set_name=$collection,eval/sets/$set_name/questions.jsonl,$corpus,$run_dir/$set_name.baseline.json")
+done
 
-echo "== pure BM25 baseline (no Milvus)" >&2
-python3 scripts/eval_bm25.py "$corpus" eval/questions.jsonl --json 2>/dev/null >"$run_dir/baseline.json"
-
-"$evaluate" "$collection" eval/questions.jsonl "$corpus" "$run_dir/baseline.json"
+"$evaluate" "${args[@]}"

@@ -3,12 +3,14 @@
 
 Usage: eval_bm25.py CORPUS_DIR QUESTIONS.jsonl [--json]
 
-Every `*.md` file in CORPUS_DIR (made by scripts/eval-corpus.sh) is cut into passages of about
+Every `*.md` file in CORPUS_DIR (made by scripts/eval-corpus.sh), or every `*.html` file (made by
+scripts/eval-corpus-pydoc.sh: the text of the page's main part, `role="main"`, without the
+navigation around it), is cut into passages of about
 150 words at blank lines (a paragraph longer than that is cut into runs of 150 words), the
 passages are scored with BM25 (k1 = 1.2, b = 0.75; lowercase, split on anything not a letter or
 digit, so `--force` is `force`; a short English stopword list; no stemming), and documents are
 ranked by their best passage. A question is a hit@k when its document (the file name without
-`.md`) is among the first k; MRR@10 is the mean of 1/rank, 0 past rank 10.
+`.md` or `.html`) is among the first k; MRR@10 is the mean of 1/rank, 0 past rank 10.
 
 Prints hit@1, hit@3, hit@5 and MRR@10; with --json one JSON object instead:
 {"mode": "bm25-baseline", "hit@1": ..., "hit@3": ..., "hit@5": ..., "mrr@10": ..., "questions": N}.
@@ -23,6 +25,7 @@ import os
 import re
 import sys
 from collections import Counter, defaultdict
+from html.parser import HTMLParser
 
 K1 = 1.2
 B = 0.75
@@ -65,19 +68,77 @@ def passages(text):
     return out
 
 
+class MainText(HTMLParser):
+    """The text of an HTML page's `role="main"` element (the whole body when it has none),
+    scripts and styles left out, a blank line after each block element."""
+
+    BLOCKS = {"p", "div", "section", "li", "dt", "dd", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "table"}
+    VOID = {"br", "img", "hr", "meta", "link", "input", "col", "area", "base", "wbr", "source"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts = []
+        self.main_parts = []
+        self.depth = 0  # open elements inside main (0: outside)
+        self.skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        if self.depth:
+            self.depth += 1
+        elif dict(attrs).get("role") == "main":
+            self.depth = 1
+        if tag in ("script", "style"):
+            self.skip += 1
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if tag in ("script", "style") and self.skip:
+            self.skip -= 1
+        if tag in self.BLOCKS:
+            self.parts.append("\n\n")
+            if self.depth:
+                self.main_parts.append("\n\n")
+        if self.depth:
+            self.depth -= 1
+
+    def handle_data(self, data):
+        if self.skip:
+            return
+        self.parts.append(data)
+        if self.depth:
+            self.main_parts.append(data)
+
+    def text(self):
+        return "".join(self.main_parts or self.parts)
+
+
+def document_text(path):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".html"):
+        parser = MainText()
+        parser.feed(text)
+        return parser.text()
+    return text
+
+
 class Index:
     def __init__(self, corpus_dir):
         self.doc_of = []  # passage -> document stem
         self.tf = []  # passage -> Counter
         self.length = []
         self.postings = defaultdict(list)  # term -> [passage]
-        names = sorted(n for n in os.listdir(corpus_dir) if n.endswith(".md") and not n.startswith("."))
+        names = sorted(
+            n for n in os.listdir(corpus_dir) if n.endswith((".md", ".html")) and not n.startswith(".")
+        )
         if not names:
-            sys.exit(f"eval_bm25: no .md files in {corpus_dir} (run scripts/eval-corpus.sh first)")
-        self.docs = [n[: -len(".md")] for n in names]
+            sys.exit(f"eval_bm25: no .md or .html files in {corpus_dir} (build the corpus first)")
+        self.docs = [n.rsplit(".", 1)[0] for n in names]
         for name, stem in zip(names, self.docs):
-            with open(os.path.join(corpus_dir, name), encoding="utf-8") as f:
-                text = f.read()
+            text = document_text(os.path.join(corpus_dir, name))
             for passage in passages(text):
                 tokens = tokenize(passage)
                 pid = len(self.tf)

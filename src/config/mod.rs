@@ -166,8 +166,12 @@ pub struct RetrievalConfig {
 pub enum Fusion {
     /// Reciprocal-rank fusion: Σ 1 / (k + rank) over the lists.
     Rrf { k: u32 },
-    /// Weighted sum of the lists' normalised scores.
+    /// Weighted sum of the lists' normalised scores (Milvus's weighted reranker).
     Weighted { dense: f32, keyword: f32 },
+    /// Weighted sum of each list's scores rescaled by its own lowest and highest (in Warden).
+    MinMax { dense: f32, keyword: f32 },
+    /// Weighted sum of each list's scores rescaled by its mean ± 3σ (in Warden).
+    Dbsf { dense: f32, keyword: f32 },
 }
 
 impl RetrievalConfig {
@@ -655,6 +659,14 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
         fusion: match r.fusion {
             FusionKind::Rrf => Fusion::Rrf { k: r.rrf_k },
             FusionKind::Weighted => Fusion::Weighted {
+                dense: r.dense_weight,
+                keyword: r.keyword_weight,
+            },
+            FusionKind::MinMax => Fusion::MinMax {
+                dense: r.dense_weight,
+                keyword: r.keyword_weight,
+            },
+            FusionKind::Dbsf => Fusion::Dbsf {
                 dense: r.dense_weight,
                 keyword: r.keyword_weight,
             },

@@ -18,6 +18,9 @@
 //! on a collection with a partition key ("Invalid expr"), so the tenant there is a plain field.
 //! Either way every search, query and delete filters by tenant.
 
+pub mod fusion;
+pub mod identifiers;
+
 use milvus::v2::prelude::*;
 use serde_json::json;
 use std::collections::HashMap;
@@ -908,7 +911,10 @@ impl Store {
                         FIELD_VECTOR: row.vector,
                     });
                     if full_text {
-                        value[FIELD_KEYWORDS] = json!(truncate(&row.keywords, MAX_TEXT as usize));
+                        value[FIELD_KEYWORDS] = json!(truncate(
+                            &identifiers::keyword_form(&row.keywords),
+                            MAX_TEXT as usize
+                        ));
                     }
                     value
                 })
@@ -952,8 +958,55 @@ impl Store {
     /// The `limit` best chunks of `tenant` for `query` in a mode, best first. Keyword and
     /// hybrid need a collection with full text (see [`CollectionInfo::full_text`]). Scores:
     /// dense, the cosine similarity; keyword, the BM25 score (Milvus Lite answers it negated,
-    /// it is turned back); hybrid, the fused score.
+    /// it is turned back); hybrid, the fused score. RRF and the weighted sum are Milvus's own
+    /// rerankers (one request); min–max and DBSF fusion need both lists' raw scores, so the two
+    /// searches run at the same time and Warden fuses them ([`fusion`]).
     pub async fn search_mode(
+        &self,
+        collection: &str,
+        tenant: &str,
+        query: Query<'_>,
+        mode: RetrievalMode,
+        limit: usize,
+        fusion: Fusion,
+    ) -> Result<Vec<Hit>, StoreError> {
+        // Boxed: a search future is large (the request builders), and a caller's stack is not.
+        let (normalise, weights) = match (mode, fusion) {
+            (RetrievalMode::Hybrid, Fusion::MinMax { dense, keyword }) => {
+                (fusion::Normalise::MinMax, (dense, keyword))
+            }
+            (RetrievalMode::Hybrid, Fusion::Dbsf { dense, keyword }) => {
+                (fusion::Normalise::Dbsf, (dense, keyword))
+            }
+            _ => {
+                return Box::pin(
+                    self.search_in_milvus(collection, tenant, query, mode, limit, fusion),
+                )
+                .await;
+            }
+        };
+        let (dense, keyword) = tokio::join!(
+            Box::pin(self.search_in_milvus(
+                collection,
+                tenant,
+                query,
+                RetrievalMode::Dense,
+                limit,
+                fusion
+            )),
+            Box::pin(self.search_in_milvus(
+                collection,
+                tenant,
+                query,
+                RetrievalMode::Keyword,
+                limit,
+                fusion
+            )),
+        );
+        Ok(fusion::fuse(dense?, keyword?, normalise, weights, limit))
+    }
+
+    async fn search_in_milvus(
         &self,
         collection: &str,
         tenant: &str,
@@ -987,7 +1040,9 @@ impl Store {
                 } else {
                     builder
                         .vector_field(FIELD_SPARSE)
-                        .vectors(SearchVectors::EmbeddedText(vec![query.text.to_owned()]))
+                        .vectors(SearchVectors::EmbeddedText(vec![
+                            identifiers::keyword_form(query.text),
+                        ]))
                         .metric_type(MetricType::Bm25)
                 }
                 .build()
@@ -1007,7 +1062,9 @@ impl Store {
                     .map_err(failed)?;
                 let keyword = SubSearchRequest::builder()
                     .vector_field(FIELD_SPARSE)
-                    .vectors(SearchVectors::EmbeddedText(vec![query.text.to_owned()]))
+                    .vectors(SearchVectors::EmbeddedText(vec![
+                        identifiers::keyword_form(query.text),
+                    ]))
                     .filter(filter)
                     .limit(limit as i64)
                     .metric_type(MetricType::Bm25)
@@ -1020,9 +1077,13 @@ impl Store {
                     .limit(limit as i64)
                     .consistency_level(self.consistency);
                 let request = match fusion {
-                    Fusion::Rrf { k } => builder.rerank(RRFRerank::new().k(i64::from(k))),
                     Fusion::Weighted { dense, keyword } => {
                         builder.rerank(WeightedRerank::new().weights(vec![dense, keyword]))
+                    }
+                    Fusion::Rrf { k } => builder.rerank(RRFRerank::new().k(i64::from(k))),
+                    // Fused by Warden (see `search_mode`); never sent here.
+                    Fusion::MinMax { .. } | Fusion::Dbsf { .. } => {
+                        builder.rerank(RRFRerank::new().k(60))
                     }
                 }
                 .build()

@@ -180,9 +180,36 @@ fn retrieval_modes_and_fusion_are_checked_with_their_keys() {
             keyword: 0.7
         }
     );
+    for (kind, expected) in [
+        (
+            "min_max",
+            Fusion::MinMax {
+                dense: 0.3,
+                keyword: 0.7,
+            },
+        ),
+        (
+            "dbsf",
+            Fusion::Dbsf {
+                dense: 0.3,
+                keyword: 0.7,
+            },
+        ),
+    ] {
+        let config = parse(
+            &with(&format!(
+                "fusion = \"{kind}\"\ndense_weight = 0.3\nkeyword_weight = 0.7"
+            )),
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(config.retrieval.fusion, expected);
+    }
+    let err = error(&with("fusion = \"borda\""));
+    assert_eq!(err.key.as_deref(), Some("retrieval.fusion"));
     let defaults = parse(VALID, &env()).unwrap().retrieval;
     assert_eq!(defaults.mode, RetrievalMode::Hybrid);
-    assert_eq!(defaults.fusion, Fusion::Rrf { k: 1 });
+    assert_eq!(defaults.fusion, Fusion::Rrf { k: 5 });
 
     let err = error(&with("mode = \"semantic\""));
     assert_eq!(err.key.as_deref(), Some("retrieval.mode"));

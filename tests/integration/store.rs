@@ -222,6 +222,47 @@ async fn full_text_is_detected_and_keyword_and_hybrid_search_find_exact_terms() 
         .await
         .unwrap();
     assert_eq!(hybrid[0].doc_id, "exit", "{hybrid:?}");
+    // Fused by Warden from both lists' raw scores: the weights decide, the tenant filter holds.
+    for (dense, keyword, first) in [(0.1, 0.9, "exit"), (0.9, 0.1, "other")] {
+        for fusion in [
+            Fusion::MinMax { dense, keyword },
+            Fusion::Dbsf { dense, keyword },
+        ] {
+            let hybrid = store
+                .search_mode(&name, "t1", query, RetrievalMode::Hybrid, 5, fusion)
+                .await
+                .unwrap();
+            assert_eq!(hybrid[0].doc_id, first, "{fusion:?}: {hybrid:?}");
+            assert!(
+                hybrid.iter().all(|h| h.doc_id != "foreign"),
+                "{fusion:?}: {hybrid:?}"
+            );
+            assert!(
+                hybrid.iter().all(|h| (0.0..=1.0).contains(&h.score)),
+                "{fusion:?}: {hybrid:?}"
+            );
+        }
+    }
+    // A compound identifier matches by a part the tokenizer would have kept inside it.
+    let by_part = store
+        .search_mode(
+            &name,
+            "t1",
+            Query {
+                vector: &unit(8, 1),
+                text: "SYNTAX",
+            },
+            RetrievalMode::Keyword,
+            5,
+            rrf,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        by_part.first().map(|h| h.doc_id.as_str()),
+        Some("exit"),
+        "{by_part:?}"
+    );
     // The English stemmer in the analyzer: "exiting" and "exits" meet at "exit" where the
     // server applies it (Milvus Lite 2.5.1); Milvus Lite 3.2.2 accepts it and matches words
     // as written.
