@@ -470,15 +470,7 @@ impl Relay {
                 } else if let Some(answer) =
                     self.moderation.as_ref().and_then(|m| m.answers.get(index))
                 {
-                    let categories = answer.moderator.judgement.categories();
-                    record_output(
-                        &self.metrics,
-                        self.audit.as_ref(),
-                        &answer.moderator,
-                        decision,
-                        &categories,
-                        answer.moderator.text(),
-                    );
+                    record_answer(&self.metrics, self.audit.as_ref(), answer, decision);
                 }
             }
             if let Some((decision, categories)) = self.output_verdict() {
@@ -605,15 +597,7 @@ impl Relay {
         answer.stopped = true;
         answer.held.clear();
         answer.check = None;
-        let categories = answer.moderator.judgement.categories();
-        record_output(
-            &self.metrics,
-            self.audit.as_ref(),
-            &answer.moderator,
-            decision,
-            &categories,
-            answer.moderator.text(),
-        );
+        record_answer(&self.metrics, self.audit.as_ref(), answer, decision);
         let all_stopped = moderation.answers.iter().all(|a| a.stopped);
         let mut last = chunk(&self.identity, Delta::default(), Some("content_filter"));
         for choice in &mut last.choices {
@@ -665,6 +649,24 @@ impl Relay {
         events.push(Event::default().data("[DONE]"));
         events
     }
+}
+
+/// One choice's output verdict, with the categories and the text it was judged on.
+fn record_answer(
+    metrics: &Metrics,
+    audit: Option<&crate::audit::Context>,
+    answer: &Answer,
+    decision: Decision,
+) {
+    let categories = answer.moderator.judgement.categories();
+    record_output(
+        metrics,
+        audit,
+        &answer.moderator,
+        decision,
+        &categories,
+        answer.moderator.text(),
+    );
 }
 
 /// An output verdict, counted and (unless safe) written to the audit log with the judged text.

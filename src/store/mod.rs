@@ -985,24 +985,10 @@ impl Store {
                 .await;
             }
         };
-        let (dense, keyword) = tokio::join!(
-            Box::pin(self.search_in_milvus(
-                collection,
-                tenant,
-                query,
-                RetrievalMode::Dense,
-                limit,
-                fusion
-            )),
-            Box::pin(self.search_in_milvus(
-                collection,
-                tenant,
-                query,
-                RetrievalMode::Keyword,
-                limit,
-                fusion
-            )),
-        );
+        let list =
+            |mode| Box::pin(self.search_in_milvus(collection, tenant, query, mode, limit, fusion));
+        let (dense, keyword) =
+            tokio::join!(list(RetrievalMode::Dense), list(RetrievalMode::Keyword));
         Ok(fusion::fuse(dense?, keyword?, normalise, weights, limit))
     }
 
