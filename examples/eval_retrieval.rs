@@ -545,26 +545,51 @@ async fn latency(knowledge: &Knowledge, questions: &[Question], corpus: &Path, r
     store.flush(&collection).await.unwrap();
     let filled = started.elapsed().as_secs_f64();
     let vectors: Vec<Vec<f32>> = questions.iter().map(|_| unit_vector()).collect();
-    let fusion = knowledge.retrieval.fusion;
-    let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    // Warm-up, then the two modes in turn, so both see the same machine.
+    // Dense, then hybrid under the configured fusion and under each other kind (Milvus's RRF in
+    // one request; Warden's min–max, two requests at once), in turn, so all see the same machine.
+    let configured = knowledge.retrieval.fusion;
+    let mut setups: Vec<(String, RetrievalMode, Fusion)> = vec![
+        ("dense".to_owned(), RetrievalMode::Dense, configured),
+        (
+            format!("hybrid, {configured:?} (configured)"),
+            RetrievalMode::Hybrid,
+            configured,
+        ),
+    ];
+    for other in [
+        Fusion::Rrf { k: 10 },
+        Fusion::MinMax {
+            dense: 0.5,
+            keyword: 0.5,
+        },
+    ] {
+        if other != configured {
+            setups.push((format!("hybrid, {other:?}"), RetrievalMode::Hybrid, other));
+        }
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    // Warm-up first.
     for round in 0..4 {
         for (question, vector) in questions.iter().zip(&vectors) {
-            for mode in [RetrievalMode::Dense, RetrievalMode::Hybrid] {
+            for (i, (_, mode, fusion)) in setups.iter().enumerate() {
                 let query = Query {
                     vector,
                     text: &question.question,
                 };
                 let started = Instant::now();
                 store
-                    .search_mode(&collection, DEFAULT_TENANT, query, mode, DEPTH * 3, fusion)
+                    .search_mode(
+                        &collection,
+                        DEFAULT_TENANT,
+                        query,
+                        *mode,
+                        DEPTH * 3,
+                        *fusion,
+                    )
                     .await
                     .unwrap();
                 if round > 0 {
-                    times
-                        .entry(mode.as_str())
-                        .or_default()
-                        .push(started.elapsed().as_secs_f64() * 1000.0);
+                    times[i].push(started.elapsed().as_secs_f64() * 1000.0);
                 }
             }
         }
@@ -572,26 +597,22 @@ async fn latency(knowledge: &Knowledge, questions: &[Question], corpus: &Path, r
     store.drop_collection(&collection).await.unwrap();
     println!();
     println!(
-        "## Search latency on {rows} chunks on {} (filled and flushed in {filled:.1} s), {} searches per mode, {} results each",
+        "## Search latency on {rows} chunks on {} (filled and flushed in {filled:.1} s), {} searches per setup, {} results each",
         engine(),
-        times.get("dense").map_or(0, Vec::len),
+        times[0].len(),
         DEPTH * 3
     );
     println!();
-    println!("| mode | p50 (ms) | p90 (ms) | p99 (ms) |");
-    println!("|---|---|---|---|");
-    for mode in ["dense", "hybrid"] {
-        let values = &times[mode];
+    println!("| setup | p50 (ms) | p90 (ms) | p99 (ms) | p50 over dense (ms) |");
+    println!("|---|---|---|---|---|");
+    let dense_p50 = pct(&times[0], 50.0);
+    for ((label, _, _), values) in setups.iter().zip(&times) {
         println!(
-            "| {mode} | {:.2} | {:.2} | {:.2} |",
+            "| {label} | {:.2} | {:.2} | {:.2} | {:+.2} |",
             pct(values, 50.0),
             pct(values, 90.0),
-            pct(values, 99.0)
+            pct(values, 99.0),
+            pct(values, 50.0) - dense_p50
         );
     }
-    println!();
-    println!(
-        "Hybrid adds {:.2} ms p50 over dense.",
-        pct(&times["hybrid"], 50.0) - pct(&times["dense"], 50.0)
-    );
 }

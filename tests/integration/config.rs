@@ -209,7 +209,13 @@ fn retrieval_modes_and_fusion_are_checked_with_their_keys() {
     assert_eq!(err.key.as_deref(), Some("retrieval.fusion"));
     let defaults = parse(VALID, &env()).unwrap().retrieval;
     assert_eq!(defaults.mode, RetrievalMode::Hybrid);
-    assert_eq!(defaults.fusion, Fusion::Rrf { k: 5 });
+    assert_eq!(
+        defaults.fusion,
+        Fusion::MinMax {
+            dense: 0.5,
+            keyword: 0.5
+        }
+    );
 
     let err = error(&with("mode = \"semantic\""));
     assert_eq!(err.key.as_deref(), Some("retrieval.mode"));
