@@ -43,10 +43,12 @@ bench-rag: toolchain
 	cargo build --release --locked --bin warden --example bench_rag
 	scripts/bench-rag.sh
 
-## Retrieval quality on the machine's manual pages: hit@1/3/5 and MRR@10 of dense, keyword and
-## hybrid search (and a pure-BM25 baseline) for eval/questions.jsonl, then the search latency of
-## hybrid against dense on 10,000 chunks. Milvus Lite and the embedding model, as in `make test`;
-## EVAL_ENGINE=lite25 runs it on Milvus Lite 2.5.1 (C++) instead of 3.2.2.
+## Retrieval quality on four eval sets (eval/sets: manual pages, Python library reference,
+## HOWTOs/tutorial/FAQ, C API reference): hit@1/3/5 and MRR@10 of dense, keyword and hybrid
+## search (and a pure-BM25 baseline) per set and their mean, a fusion grid with a
+## leave-one-set-out choice, then the search latency of hybrid against dense on 10,000 chunks.
+## Milvus Lite and the embedding model, as in `make test`; EVAL_ENGINE=lite25 runs it on Milvus
+## Lite 2.5.1 (C++) instead of 3.2.2; EVAL_SETS picks sets.
 eval-retrieval: toolchain
 	cargo build --release --locked --bin warden --example eval_retrieval
 	scripts/eval-retrieval.sh

@@ -39,17 +39,7 @@ const CHUNKS_PER_STREAM: usize = 20;
 const CHUNK_INTERVAL: Duration = Duration::from_millis(5);
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    if args.get(1).map(String::as_str) == Some("upstream") {
-        let port: u16 = args[2].parse().unwrap();
-        runtime.block_on(upstream(port));
-    } else {
-        runtime.block_on(orchestrate());
-    }
+    support::bench_main(upstream, orchestrate);
 }
 
 // ---------------------------------------------------------------- the fake upstream process
@@ -69,14 +59,7 @@ async fn upstream(port: u16) {
             "/v1/models",
             get(|| async { "{\"object\":\"list\",\"data\":[]}" }),
         );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    });
-    axum::serve(listener, app).await.unwrap();
+    support::serve_on(port, app).await;
 }
 
 async fn upstream_chat(body: Bytes) -> Response {

@@ -51,17 +51,7 @@ const DIMENSION: usize = 384;
 const INSERT_CALL_ROWS: usize = 5_000;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    if args.get(1).map(String::as_str) == Some("upstream") {
-        let port: u16 = args[2].parse().unwrap();
-        runtime.block_on(upstream(port));
-    } else {
-        runtime.block_on(orchestrate());
-    }
+    support::bench_main(upstream, orchestrate);
 }
 
 // ---------------------------------------------------------------- the fake upstream process
@@ -80,14 +70,7 @@ async fn upstream(port: u16) {
             "/grounded",
             get(|| async { GROUNDED.load(Ordering::Relaxed).to_string() }),
         );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    });
-    axum::serve(listener, app).await.unwrap();
+    support::serve_on(port, app).await;
 }
 
 /// A short stream, first chunk at once: time to first byte is Warden's work plus one hop.

@@ -36,7 +36,7 @@ use std::path::Path;
 use std::time::Instant;
 use support::{Rng, pct};
 use warden::config::{Config, Fusion, MapEnv, RetrievalMode};
-use warden::knowledge::{DEFAULT_TENANT, Knowledge, select};
+use warden::knowledge::{DEFAULT_TENANT, Knowledge, fusion_for, select};
 use warden::store::{ChunkRow, Query};
 
 const MODES: [RetrievalMode; 3] = [
@@ -327,11 +327,11 @@ fn print_summary(summary: &[(String, BTreeMap<&str, Scores>)]) {
     println!();
 }
 
-/// The fusion settings the grid tries.
-fn candidates() -> Vec<(String, Fusion)> {
-    let mut out = Vec::new();
+/// The fusion settings the grid tries, with the lexical shift each uses.
+fn candidates() -> Vec<(String, Fusion, f32)> {
+    let mut out: Vec<(String, Fusion, f32)> = Vec::new();
     for k in [1, 2, 5, 10, 20, 40, 60] {
-        out.push((format!("rrf k={k}"), Fusion::Rrf { k }));
+        out.push((format!("rrf k={k}"), Fusion::Rrf { k }, 0.0));
     }
     for dense in [0.3_f32, 0.4, 0.5, 0.6, 0.7] {
         out.push((
@@ -340,6 +340,7 @@ fn candidates() -> Vec<(String, Fusion)> {
                 dense,
                 keyword: 1.0 - dense,
             },
+            0.0,
         ));
     }
     for dense in [0.3_f32, 0.4, 0.5, 0.6, 0.7] {
@@ -347,11 +348,38 @@ fn candidates() -> Vec<(String, Fusion)> {
         out.push((
             format!("min_max {dense:.1}/{keyword:.1}"),
             Fusion::MinMax { dense, keyword },
+            0.0,
         ));
         out.push((
             format!("dbsf {dense:.1}/{keyword:.1}"),
             Fusion::Dbsf { dense, keyword },
+            0.0,
         ));
+    }
+    // Per-question weighting: a question that names something exactly leans on keyword.
+    for shift in [0.1_f32, 0.2, 0.3] {
+        for (name, fusion) in [
+            (
+                "min_max",
+                Fusion::MinMax {
+                    dense: 0.5,
+                    keyword: 0.5,
+                },
+            ),
+            (
+                "dbsf",
+                Fusion::Dbsf {
+                    dense: 0.5,
+                    keyword: 0.5,
+                },
+            ),
+        ] {
+            out.push((
+                format!("{name} 0.5/0.5, lexical shift {shift:.1}"),
+                fusion,
+                shift,
+            ));
+        }
     }
     out
 }
@@ -373,7 +401,7 @@ async fn fusion_grid(knowledge: &Knowledge, sets: &[EvalSet]) {
                     .unwrap(),
             );
         }
-        for (c, (_, fusion)) in candidates.iter().enumerate() {
+        for (c, (_, fusion, shift)) in candidates.iter().enumerate() {
             let mut ranks = Vec::with_capacity(set.questions.len());
             for (question, vector) in set.questions.iter().zip(&vectors) {
                 let hits = knowledge
@@ -387,7 +415,7 @@ async fn fusion_grid(knowledge: &Knowledge, sets: &[EvalSet]) {
                         },
                         RetrievalMode::Hybrid,
                         depth,
-                        *fusion,
+                        fusion_for(*fusion, *shift, &question.question),
                     )
                     .await
                     .unwrap();
@@ -418,7 +446,7 @@ async fn fusion_grid(knowledge: &Knowledge, sets: &[EvalSet]) {
             kept.iter().map(|s| s.mrr10).sum::<f64>() / n,
         )
     };
-    for (c, (label, _)) in candidates.iter().enumerate() {
+    for (c, (label, _, _)) in candidates.iter().enumerate() {
         let cells: Vec<String> = scores[c]
             .iter()
             .map(|s| format!("{:.3} ({:.3})", s.hit1, s.mrr10))

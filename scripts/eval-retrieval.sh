@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# `make eval-retrieval`: retrieval quality on three eval sets of different kinds, through Warden's
+# `make eval-retrieval`: retrieval quality on four eval sets of different kinds, through Warden's
 # own path.
 #
 # The sets (eval/sets/NAME/questions.jsonl): `manpages` (80 man pages as Markdown,
-# scripts/eval-corpus.sh), `pylib` (Python 3.11 library-reference pages, HTML) and `pyguide`
-# (Python's HOWTOs, tutorial and FAQ, HTML; both from Debian's python3.11-doc,
-# scripts/eval-corpus-pydoc.sh). EVAL_SETS picks some ("manpages pylib"). Starts Milvus Lite
+# scripts/eval-corpus.sh), `pylib` (Python 3.11 library-reference pages, HTML), `pyguide`
+# (Python's HOWTOs, tutorial and FAQ, HTML) and `pycapi` (the Python/C API reference, HTML,
+# identifier-heavy; the three from Debian's python3.11-doc, scripts/eval-corpus-pydoc.sh).
+# EVAL_SETS picks some ("manpages pylib"). Starts Milvus Lite
 # (EVAL_ENGINE=lite, the default: Milvus Lite 3.2.2; EVAL_ENGINE=lite25: Milvus Lite 2.5.1, C++)
 # on a free port with a fresh data folder, ingests each corpus into its own collection with
 # `warden ingest` (the release binary, with a config written here), computes the pure-BM25
@@ -33,7 +34,7 @@ scripts/models.sh setup
 eval "$(scripts/models.sh paths)"
 export ORT_DYLIB_PATH EMBED_MODEL_DIR
 
-sets=(${EVAL_SETS:-manpages pylib pyguide})
+sets=(${EVAL_SETS:-manpages pylib pyguide pycapi})
 for set_name in "${sets[@]}"; do
   [[ -f "eval/sets/$set_name/questions.jsonl" ]] ||
     { echo "eval-retrieval.sh: no eval set '$set_name' (eval/sets/$set_name/questions.jsonl)" >&2; exit 2; }

@@ -53,3 +53,35 @@ impl Rng {
         v
     }
 }
+
+/// A benchmark's `main`: `PROGRAM upstream PORT` is the fake upstream process it starts as a
+/// child, anything else the orchestrator, each on a multi-threaded runtime.
+pub fn bench_main<U, O>(upstream: impl FnOnce(u16) -> U, orchestrate: impl FnOnce() -> O)
+where
+    U: std::future::Future<Output = ()>,
+    O: std::future::Future<Output = ()>,
+{
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if args.get(1).map(String::as_str) == Some("upstream") {
+        let port: u16 = args[2].parse().unwrap();
+        runtime.block_on(upstream(port));
+    } else {
+        runtime.block_on(orchestrate());
+    }
+}
+
+/// Serves `app` on 127.0.0.1:`port` with Nagle off (small writes are the point), until killed.
+pub async fn serve_on(port: u16, app: axum::Router) {
+    use axum::serve::ListenerExt;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap()
+        .tap_io(|s| {
+            let _ = s.set_nodelay(true);
+        });
+    axum::serve(listener, app).await.unwrap();
+}

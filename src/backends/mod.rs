@@ -320,6 +320,23 @@ pub async fn send(
     Ok(response)
 }
 
+/// Sends a request and reads its JSON body; `what` names the body in a protocol error.
+pub async fn send_json(
+    backend: &str,
+    builder: reqwest::RequestBuilder,
+    api_key: Option<&crate::config::Secret>,
+    what: &str,
+) -> Result<serde_json::Value, UpstreamError> {
+    let response = send(backend, builder, api_key).await?;
+    response
+        .json()
+        .await
+        .map_err(|err| UpstreamError::Protocol {
+            backend: backend.to_owned(),
+            message: format!("{what}: {err}"),
+        })
+}
+
 /// Turns a reqwest error from sending a request into the matching [`UpstreamError`].
 pub fn send_error(backend: &str, err: &reqwest::Error) -> UpstreamError {
     if err.is_timeout() {

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::ndjson::{self, LineError};
-use super::{ChunkStream, UpstreamError, UpstreamRequest, error_chain, send, send_error};
+use super::{
+    ChunkStream, UpstreamError, UpstreamRequest, error_chain, send, send_error, send_json,
+};
 use crate::config::{BackendConfig, Secret};
 use crate::request_id;
 use crate::types::{
@@ -235,11 +237,13 @@ impl OllamaBackend {
             .post(&self.generate_url)
             .header(request_id::HEADER, request_id)
             .json(&body);
-        let response = send(&self.name, builder, self.api_key.as_ref()).await?;
-        let value: Value = response
-            .json()
-            .await
-            .map_err(|err| self.protocol(format!("generate response: {err}")))?;
+        let value = send_json(
+            &self.name,
+            builder,
+            self.api_key.as_ref(),
+            "generate response",
+        )
+        .await?;
         if let Some(message) = value.get("error").and_then(Value::as_str) {
             return Err(UpstreamError::Generation {
                 backend: self.name.clone(),
@@ -255,11 +259,7 @@ impl OllamaBackend {
 
     pub async fn probe(&self, timeout: Duration) -> Result<Vec<String>, UpstreamError> {
         let builder = self.client.get(&self.tags_url).timeout(timeout);
-        let response = send(&self.name, builder, self.api_key.as_ref()).await?;
-        let tags: Value = response
-            .json()
-            .await
-            .map_err(|err| self.protocol(format!("model list: {err}")))?;
+        let tags = send_json(&self.name, builder, self.api_key.as_ref(), "model list").await?;
         Ok(tags["models"]
             .as_array()
             .map(|items| {

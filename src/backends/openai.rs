@@ -5,7 +5,9 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use std::time::Duration;
 
-use super::{ChunkStream, UpstreamError, UpstreamRequest, error_chain, send, send_error};
+use super::{
+    ChunkStream, UpstreamError, UpstreamRequest, error_chain, send, send_error, send_json,
+};
 use crate::config::{BackendConfig, Secret};
 use crate::request_id;
 use crate::types::{ChatChunk, ChatCompletion};
@@ -119,15 +121,7 @@ impl OpenAiBackend {
             .post(&self.completions_url)
             .header(request_id::HEADER, request_id)
             .json(&body);
-        let response = send(&self.name, builder, self.api_key.as_ref()).await?;
-        let value: serde_json::Value =
-            response
-                .json()
-                .await
-                .map_err(|err| UpstreamError::Protocol {
-                    backend: self.name.clone(),
-                    message: format!("completion: {err}"),
-                })?;
+        let value = send_json(&self.name, builder, self.api_key.as_ref(), "completion").await?;
         value["choices"][0]["text"]
             .as_str()
             .map(str::to_owned)
@@ -139,15 +133,7 @@ impl OpenAiBackend {
 
     pub async fn probe(&self, timeout: Duration) -> Result<Vec<String>, UpstreamError> {
         let builder = self.client.get(&self.models_url).timeout(timeout);
-        let response = send(&self.name, builder, self.api_key.as_ref()).await?;
-        let list: serde_json::Value =
-            response
-                .json()
-                .await
-                .map_err(|err| UpstreamError::Protocol {
-                    backend: self.name.clone(),
-                    message: format!("model list: {err}"),
-                })?;
+        let list = send_json(&self.name, builder, self.api_key.as_ref(), "model list").await?;
         Ok(list["data"]
             .as_array()
             .map(|items| {

@@ -155,6 +155,9 @@ pub struct RetrievalConfig {
     pub mode: RetrievalMode,
     pub collection_modes: std::collections::BTreeMap<String, RetrievalMode>,
     pub fusion: Fusion,
+    /// Weight moved from the dense list to the keyword list when a question names something
+    /// exactly (see `knowledge::fusion_for`).
+    pub lexical_shift: f32,
     pub min_keyword_score: f32,
     pub min_hybrid_score: f32,
     pub max_chunks_per_doc: usize,
@@ -629,6 +632,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
     for (key, weight) in [
         ("retrieval.dense_weight", r.dense_weight),
         ("retrieval.keyword_weight", r.keyword_weight),
+        ("retrieval.lexical_shift", r.lexical_shift),
     ] {
         if !(0.0..=1.0).contains(&weight) {
             return Err(error(key.to_owned(), "must be between 0 and 1".to_owned()));
@@ -671,6 +675,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
                 keyword: r.keyword_weight,
             },
         },
+        lexical_shift: r.lexical_shift,
         min_keyword_score: r.min_keyword_score,
         min_hybrid_score: r.min_hybrid_score,
         max_chunks_per_doc: r.max_chunks_per_doc,

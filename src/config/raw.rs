@@ -238,6 +238,8 @@ pub struct RawRetrieval {
     /// Weighted, min–max and DBSF fusion: the dense and keyword lists' weights.
     pub dense_weight: f32,
     pub keyword_weight: f32,
+    /// Weight moved from dense to keyword for a question that names something exactly.
+    pub lexical_shift: f32,
     /// Lowest scores kept, per mode (dense: cosine; keyword: BM25; hybrid: the fused score).
     pub min_keyword_score: f32,
     pub min_hybrid_score: f32,
@@ -305,6 +307,7 @@ impl Default for RawRetrieval {
             rrf_k: 10,
             dense_weight: 0.5,
             keyword_weight: 0.5,
+            lexical_shift: 0.0,
             min_keyword_score: 0.0,
             min_hybrid_score: 0.0,
             max_chunks_per_doc: 0,

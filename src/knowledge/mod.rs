@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{RetrievalConfig, RetrievalMode};
+use crate::config::{Fusion, RetrievalConfig, RetrievalMode};
 use crate::embed::{EmbedError, Embedder};
 use crate::ingest::chunk::{ChunkConfig, chunk};
 use crate::ingest::text::{Format, extract, format_of};
@@ -390,7 +390,7 @@ impl Knowledge {
                 },
                 mode,
                 depth,
-                self.retrieval.fusion,
+                fusion_for(self.retrieval.fusion, self.retrieval.lexical_shift, query),
             )
             .await;
         timings.search = searched.elapsed();
@@ -400,6 +400,34 @@ impl Knowledge {
         };
         let hits = select(hits, self.retrieval.min_score(mode), per_doc, top_k);
         (Ok(Found { hits, mode }), timings)
+    }
+}
+
+/// The fusion for one question: where it names something exactly (a quoted string, an
+/// identifier, a flag, a version), `shift` of the dense list's weight goes to the keyword list,
+/// for the score-weighted kinds. RRF has no weights and is left as it is.
+pub fn fusion_for(fusion: Fusion, shift: f32, question: &str) -> Fusion {
+    if shift <= 0.0 || !crate::store::identifiers::names_an_identifier(question) {
+        return fusion;
+    }
+    let moved = |dense: f32, keyword: f32| {
+        let shift = shift.min(dense);
+        (dense - shift, keyword + shift)
+    };
+    match fusion {
+        Fusion::Rrf { .. } => fusion,
+        Fusion::Weighted { dense, keyword } => {
+            let (dense, keyword) = moved(dense, keyword);
+            Fusion::Weighted { dense, keyword }
+        }
+        Fusion::MinMax { dense, keyword } => {
+            let (dense, keyword) = moved(dense, keyword);
+            Fusion::MinMax { dense, keyword }
+        }
+        Fusion::Dbsf { dense, keyword } => {
+            let (dense, keyword) = moved(dense, keyword);
+            Fusion::Dbsf { dense, keyword }
+        }
     }
 }
 
@@ -530,6 +558,40 @@ fn files_under(path: &Path) -> Result<Vec<PathBuf>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_question_that_names_an_identifier_leans_on_keyword() {
+        let fusion = Fusion::MinMax {
+            dense: 0.5,
+            keyword: 0.5,
+        };
+        assert_eq!(
+            fusion_for(fusion, 0.2, "What does PyObject_GetAttrString return?"),
+            Fusion::MinMax {
+                dense: 0.3,
+                keyword: 0.7
+            }
+        );
+        assert_eq!(fusion_for(fusion, 0.2, "How do I sort a list?"), fusion);
+        assert_eq!(fusion_for(fusion, 0.0, "`x`"), fusion);
+        let rrf = Fusion::Rrf { k: 10 };
+        assert_eq!(fusion_for(rrf, 0.2, "`x`"), rrf);
+        // Never below zero.
+        assert_eq!(
+            fusion_for(
+                Fusion::Dbsf {
+                    dense: 0.1,
+                    keyword: 0.9
+                },
+                0.3,
+                "`x`"
+            ),
+            Fusion::Dbsf {
+                dense: 0.0,
+                keyword: 1.0
+            }
+        );
+    }
 
     fn hit(doc: &str, chunk: i64, score: f32) -> Hit {
         Hit {

@@ -33,6 +33,36 @@ pub fn keyword_form(text: &str) -> String {
     }
 }
 
+/// Whether a question names something exactly, the way only keyword search matches: a quoted
+/// or back-ticked string, a compound (`os.path`, `PyObject_GetAttr`, `std::fs`), a camel-case
+/// name (`getAttr`, `PyObject`), a command-line flag (`--failfast`, `-m`), a call (`dumps()`)
+/// or a version (`3.10`).
+pub fn names_an_identifier(text: &str) -> bool {
+    if text.contains('`') || text.matches('"').count() >= 2 {
+        return true;
+    }
+    text.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | '[' | '{'))
+        .any(|raw| {
+            let word = raw.trim_end_matches(['.', '?', '!', ':', ')', ']', '}']);
+            let called = raw.contains("()");
+            let flag = (word.starts_with("--") && word.len() > 2)
+                || (word.len() == 2
+                    && word.starts_with('-')
+                    && word[1..].chars().all(char::is_alphabetic));
+            let inner = word.trim_matches(|c: char| !c.is_alphanumeric());
+            let compound = inner.contains("::")
+                || inner.contains('_')
+                || (inner.contains('.')
+                    && inner.split('.').filter(|p| !p.is_empty()).count() >= 2
+                    && !inner.split('.').all(|p| p.chars().count() <= 1));
+            let chars: Vec<char> = inner.chars().collect();
+            let camel = chars
+                .windows(2)
+                .any(|w| w[0].is_lowercase() && w[1].is_uppercase());
+            called || flag || compound || camel
+        })
+}
+
 fn is_joiner(c: char) -> bool {
     matches!(c, '-' | '.' | '_' | '/' | ':')
 }
@@ -51,6 +81,32 @@ mod tests {
             keyword_form("see os.path and std::fs::read"),
             "see os.path and std::fs::read\nos_path os path std_fs_read std fs read"
         );
+    }
+
+    #[test]
+    fn questions_that_name_something_exactly_are_told_apart() {
+        for question in [
+            "What does PyObject_GetAttrString return on failure?",
+            "How do I use `shutil.copytree` with symlinks?",
+            "Is os.path.commonpath better here?",
+            "Which option is --failfast?",
+            "What does python -m venv create?",
+            "Why does json.dumps() sort keys?",
+            "What changed in 3.10?",
+            "Where is getAttr documented?",
+            "What does the \"O&\" format unit do?",
+            "How do I call std::fs::read?",
+        ] {
+            assert!(names_an_identifier(question), "{question}");
+        }
+        for question in [
+            "How do I sort a list of records by two fields?",
+            "Which module compares two directory trees, e.g. for backups?",
+            "What is a non-blocking socket?",
+            "Why is my loop slow?",
+        ] {
+            assert!(!names_an_identifier(question), "{question}");
+        }
     }
 
     #[test]

@@ -231,6 +231,8 @@ fn retrieval_modes_and_fusion_are_checked_with_their_keys() {
     );
     let err = error(&with("keyword_weight = 1.5"));
     assert_eq!(err.key.as_deref(), Some("retrieval.keyword_weight"));
+    let err = error(&with("lexical_shift = -0.1"));
+    assert_eq!(err.key.as_deref(), Some("retrieval.lexical_shift"));
     let err = error(&with("rrf_k = 0"));
     assert_eq!(err.key.as_deref(), Some("retrieval.rrf_k"));
 }
