@@ -177,6 +177,16 @@ pub enum Fusion {
     Dbsf { dense: f32, keyword: f32 },
 }
 
+/// Collection names are used in filters and paths: letters, digits and `_`, starting with a
+/// letter or `_`, as Milvus itself requires. The one check of a name, for the config, the
+/// admin routes, requests and the store.
+pub fn valid_collection_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 255
+}
+
 impl RetrievalConfig {
     /// The mode a collection is searched with unless a request says otherwise.
     pub fn mode_of(&self, collection: &str) -> RetrievalMode {
@@ -641,7 +651,7 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
     if let Some(name) = r
         .collection_modes
         .keys()
-        .find(|name| !crate::store::valid_collection_name(name))
+        .find(|name| !valid_collection_name(name))
     {
         return Err(error(
             format!("retrieval.collection_modes.{name}"),

@@ -159,14 +159,8 @@ pub struct Store {
     probe: String,
 }
 
-/// Collection names are used in filters and paths: letters, digits and `_`, starting with a
-/// letter or `_`, as Milvus itself requires.
-pub fn valid_collection_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 255
-}
+/// Where the store's callers have always found it; defined in config, which checks names too.
+pub use crate::config::valid_collection_name;
 
 /// A string literal for a Milvus filter expression: quotes and backslashes escaped, so a value
 /// can never close the literal and add to the expression.
