@@ -28,10 +28,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::Caller;
+use crate::backends::pool::ModelRoute;
 use crate::error::ApiError;
 use crate::guard::output::{OutputModerator, combined_verdict, released_logprobs};
 use crate::guard::policy::{BlockStyle, Policy};
-use crate::guard::{Decision, request_turns};
+use crate::guard::{Decision, Guard, request_turns};
 use crate::note::{GuardNote, Note};
 use crate::relay::{self, RelayOptions, StreamIdentity};
 use crate::request_id;
@@ -48,7 +49,58 @@ pub async fn chat(
     validate(&request)?;
 
     // 2. resolve the model, its policy and its knowledge base
-    // A model the key may not use is as unknown as one that does not exist, as OpenAI answers.
+    let mut turn = resolve(&state, &caller, &mut request)?;
+
+    // 3. pre-dispatch checks: the input guard and retrieval, at the same time
+    if let Some(refusal) = pre_dispatch(&state, &caller, &mut turn, &mut request).await? {
+        return Ok(refusal);
+    }
+    let moderator = output_moderator(&turn, &request);
+
+    // Token budget: the prompt as it will go out (context included) is taken before dispatch;
+    // what the backend reports is settled after.
+    let limits = &state.access.limits;
+    let estimate = if limits.limits_tokens(&caller.name) {
+        estimate_prompt_tokens(&state, &request)
+    } else {
+        0
+    };
+    let token_headers = match limits.take_tokens(&caller.name, estimate) {
+        Ok(headers) => headers,
+        Err(refusal) => return Ok(refusal),
+    };
+
+    // 4. dispatch, and 5. relay
+    let mut response = if request.is_stream() {
+        stream(&state, &caller, turn, request, moderator, estimate).await?
+    } else {
+        complete(&state, &caller, turn, request, moderator, estimate).await?
+    };
+    response.headers_mut().extend(token_headers);
+    Ok(response)
+}
+
+/// What one chat request carries from stage to stage.
+struct Turn {
+    route: Arc<ModelRoute>,
+    request_id: String,
+    /// When the request arrived (after the model was resolved), for the time to first token.
+    started: Instant,
+    identity: StreamIdentity,
+    include_usage: bool,
+    choices: usize,
+    guarded: Option<(Arc<Guard>, Arc<Policy>)>,
+    audit: Option<crate::audit::Context>,
+    plan: Option<retrieval::Plan>,
+    /// The `warden` object, filled as the stages go.
+    note: Note,
+    span: tracing::Span,
+}
+
+/// Stage 2: the client-facing model id to its route, the caller's policy for it, and what to
+/// search. A model the key may not use is as unknown as one that does not exist, as OpenAI
+/// answers.
+fn resolve(state: &AppState, caller: &Caller, request: &mut ChatRequest) -> Result<Turn, ApiError> {
     let route = state
         .pool
         .route(&request.model)
@@ -57,11 +109,8 @@ pub async fn chat(
             model: request.model.clone(),
         })?;
     tracing::Span::current().record("model", tracing::field::display(&route.id));
+    let started = Instant::now();
     let request_id = request_id::current();
-    let request_started = Instant::now();
-    let identity = StreamIdentity::new(&route.id);
-    let include_usage = request.wants_usage_chunk();
-    let choices = request.choices();
     let guarded = match &state.guard {
         None => None,
         Some(guard) => {
@@ -81,31 +130,55 @@ pub async fn chat(
         model: route.id.clone(),
     });
     let options = request.warden.take().unwrap_or_default();
-    let plan = retrieval::plan(&state, &caller, &route, &options, &request)?;
+    let plan = retrieval::plan(state, caller, &route, &options, request)?;
+    Ok(Turn {
+        identity: StreamIdentity::new(&route.id),
+        include_usage: request.wants_usage_chunk(),
+        choices: request.choices(),
+        route,
+        request_id,
+        started,
+        guarded,
+        audit,
+        plan,
+        note: Note::default(),
+        span: tracing::Span::current(),
+    })
+}
 
-    // 3. pre-dispatch checks: the input guard and retrieval, at the same time
-    let mut note = Note::default();
+/// Stage 3: the input guard and retrieval, at the same time. A blocked input ends the request
+/// here (the refusal is returned, nothing goes upstream); otherwise what was found is judged
+/// and injected into the request.
+async fn pre_dispatch(
+    state: &AppState,
+    caller: &Caller,
+    turn: &mut Turn,
+    request: &mut ChatRequest,
+) -> Result<Option<Response>, ApiError> {
     let metrics = &state.metrics;
-    let span = tracing::Span::current();
+    let span = &turn.span;
+    let guarded = &turn.guarded;
+    let request_id = &turn.request_id;
+    let judged: &ChatRequest = request;
     let input_check = async {
         let started = Instant::now();
-        let Some((guard, policy)) = &guarded else {
+        let Some((guard, policy)) = guarded else {
             return Ok::<_, ApiError>(None);
         };
         if !policy.check_input {
             return Ok(None);
         }
-        let unjudged_images = crate::guard::scope::check(&request, policy.images)?;
+        let unjudged_images = crate::guard::scope::check(judged, policy.images)?;
         if unjudged_images > 0 {
             metrics.unjudged_parts(&policy.name, "image_url", unjudged_images);
         }
-        let judgement = guard.check_input(policy, &request, &request_id).await;
+        let judgement = guard.check_input(policy, judged, request_id).await;
         metrics.stage("guard_input", started.elapsed());
         span.record("guard_input_us", micros(started.elapsed()));
         Ok(Some(judgement))
     };
     let search = async {
-        match (&plan, &state.knowledge) {
+        match (&turn.plan, &state.knowledge) {
             (Some(plan), Some(knowledge)) => {
                 let started = Instant::now();
                 let (found, timings) = knowledge
@@ -127,13 +200,13 @@ pub async fn chat(
         }
     };
     let (input, found) = tokio::join!(input_check, search);
-    if let Some((_, policy)) = &guarded {
-        note.guard = Some(GuardNote {
+    if let Some((_, policy)) = &turn.guarded {
+        turn.note.guard = Some(GuardNote {
             policy: policy.name.clone(),
             ..GuardNote::default()
         });
     }
-    if let (Some(judgement), Some((_, policy))) = (input?, &guarded) {
+    if let (Some(judgement), Some((_, policy))) = (input?, &turn.guarded) {
         let decision = judgement.decide(policy);
         let categories = judgement.categories();
         log_decision(
@@ -144,146 +217,168 @@ pub async fn chat(
             judgement.failure.as_deref(),
         );
         metrics.guard_verdict(&policy.name, "input", decision.label(), &categories);
-        span.record("input", decision.label());
-        if let Some(audit) = &audit {
-            let content = crate::guard::request_turns(&request)
+        turn.span.record("input", decision.label());
+        if let Some(audit) = &turn.audit {
+            let content = crate::guard::request_turns(request)
                 .into_iter()
                 .map(|t| t.text)
                 .collect::<Vec<_>>()
                 .join("\n\n");
             audit.record(&policy.name, "input", decision, &categories, Some(&content));
         }
-        if let Some(guard_note) = note.guard.as_mut() {
+        if let Some(guard_note) = turn.note.guard.as_mut() {
             guard_note.input = Some((decision, categories));
         }
         match decision {
             Decision::Blocked => {
-                return Ok(refuse(
+                return Ok(Some(refuse(
                     policy,
-                    &note,
-                    identity,
+                    &turn.note,
+                    turn.identity.clone(),
                     request.is_stream(),
-                    include_usage,
-                ));
+                    turn.include_usage,
+                )));
             }
             Decision::Unavailable => return Err(guard_unavailable()),
             _ => {}
         }
     }
-    if let (Some(plan), Some(found)) = (&plan, found) {
+    if let (Some(plan), Some(found)) = (&turn.plan, found) {
         let retrieval_note = retrieval::inject(
-            &state,
-            guarded.as_ref(),
+            state,
+            turn.guarded.as_ref(),
             plan,
             found,
-            &mut request,
-            &request_id,
+            request,
+            &turn.request_id,
         )
         .await?;
         metrics.retrieval_sources(&plan.collection, retrieval_note.sources.len());
-        span.record("sources", retrieval_note.sources.len());
-        note.retrieval = Some(retrieval_note);
+        turn.span.record("sources", retrieval_note.sources.len());
+        turn.note.retrieval = Some(retrieval_note);
     }
-    let moderator = guarded.as_ref().and_then(|(guard, policy)| {
+    Ok(None)
+}
+
+/// The output moderator, when the policy checks output: it judges the answer with the
+/// conversation as it went out (retrieved context included) as context.
+fn output_moderator(turn: &Turn, request: &ChatRequest) -> Option<OutputModerator> {
+    turn.guarded.as_ref().and_then(|(guard, policy)| {
         policy.check_output.then(|| {
             OutputModerator::new(
                 guard.clone(),
                 policy.clone(),
-                request_turns(&request),
-                request_id.clone(),
+                request_turns(request),
+                turn.request_id.clone(),
             )
         })
-    });
+    })
+}
 
-    // Token budget: the prompt as it will go out (context included) is taken before dispatch;
-    // what the backend reports is settled after.
-    let limits = state.access.limits.clone();
-    let estimate = if limits.limits_tokens(&caller.name) {
-        estimate_prompt_tokens(&state, &request)
-    } else {
-        0
-    };
-    let token_headers = match limits.take_tokens(&caller.name, estimate) {
-        Ok(headers) => headers,
-        Err(refusal) => return Ok(refusal),
-    };
+/// Stages 4 and 5, streamed: dispatch waits for the first chunk (an early failure is a real
+/// HTTP error), and the rest is relayed through the output guard.
+async fn stream(
+    state: &AppState,
+    caller: &Caller,
+    turn: Turn,
+    request: ChatRequest,
+    moderator: Option<OutputModerator>,
+    estimate: u32,
+) -> Result<Response, ApiError> {
+    let metrics = &state.metrics;
+    let dispatched = Instant::now();
+    let started = state
+        .pool
+        .stream(&turn.route, request, &turn.request_id)
+        .await
+        .inspect_err(|err| metrics.upstream_error(err.backend(), err.kind()))?;
+    metrics.stage("upstream_first_chunk", dispatched.elapsed());
+    turn.span.record("backend", started.backend.as_str());
+    turn.span
+        .record("upstream_us", micros(dispatched.elapsed()));
+    let mut headers = axum::http::HeaderMap::new();
+    turn.note.headers(&mut headers);
+    let mut response = relay::sse(
+        started,
+        RelayOptions {
+            identity: turn.identity,
+            include_usage: turn.include_usage,
+            request_id: turn.request_id,
+            keep_alive: state.config.server.sse_keep_alive,
+            moderator,
+            choices: turn.choices,
+            note: (!turn.note.is_empty()).then_some(turn.note),
+            metrics: state.metrics.clone(),
+            audit: turn.audit,
+            key: caller.name.clone(),
+            limits: state.access.limits.clone(),
+            estimate,
+            started: turn.started,
+            span: turn.span.clone(),
+        },
+    );
+    response.headers_mut().extend(headers);
+    Ok(response)
+}
 
-    // 4. dispatch, and 5. relay
-    if request.is_stream() {
-        let dispatched = Instant::now();
-        let started = state
-            .pool
-            .stream(&route, request, &request_id)
-            .await
-            .inspect_err(|err| metrics.upstream_error(err.backend(), err.kind()))?;
-        metrics.stage("upstream_first_chunk", dispatched.elapsed());
-        span.record("backend", started.backend.as_str());
-        span.record("upstream_us", micros(dispatched.elapsed()));
-        let mut headers = axum::http::HeaderMap::new();
-        note.headers(&mut headers);
-        let mut response = relay::sse(
-            started,
-            RelayOptions {
-                identity,
-                include_usage,
-                request_id,
-                keep_alive: state.config.server.sse_keep_alive,
-                moderator,
-                choices,
-                note: (!note.is_empty()).then_some(note),
-                metrics: state.metrics.clone(),
-                audit,
-                key: caller.name.clone(),
-                limits: limits.clone(),
-                estimate,
-                started: request_started,
-                span: span.clone(),
-            },
-        );
-        response.headers_mut().extend(headers);
-        response.headers_mut().extend(token_headers);
-        Ok(response)
-    } else {
-        let dispatched = Instant::now();
-        let (mut completion, backend) = state
-            .pool
-            .complete(&route, request, &request_id)
-            .await
-            .inspect_err(|err| metrics.upstream_error(err.backend(), err.kind()))?;
-        metrics.stage("upstream_complete", dispatched.elapsed());
-        span.record("backend", backend.as_str());
-        span.record("upstream_us", micros(dispatched.elapsed()));
-        if let Some(usage) = &completion.usage {
-            span.record("prompt_tokens", usage.prompt_tokens);
-            span.record("completion_tokens", usage.completion_tokens);
-            metrics.tokens(&caller.name, usage);
-            limits.settle_tokens(&caller.name, estimate, usage.total_tokens);
-        }
-        completion.id = identity.id;
-        completion.created = identity.created;
-        completion.model = identity.model;
-        if let Some(moderator) = moderator {
-            let checked = Instant::now();
-            let decision =
-                moderate_completion(&mut completion, moderator, choices, metrics, audit.as_ref())
-                    .await;
-            metrics.stage("guard_output", checked.elapsed());
-            if let Some((decision, categories)) = decision {
-                span.record("output", decision.label());
-                note.set_output(decision, categories);
-                if decision == Decision::Unavailable {
-                    return Err(guard_unavailable());
-                }
+/// Stages 4 and 5, not streamed: the whole completion, judged before it goes out.
+async fn complete(
+    state: &AppState,
+    caller: &Caller,
+    mut turn: Turn,
+    request: ChatRequest,
+    moderator: Option<OutputModerator>,
+    estimate: u32,
+) -> Result<Response, ApiError> {
+    let metrics = &state.metrics;
+    let dispatched = Instant::now();
+    let (mut completion, backend) = state
+        .pool
+        .complete(&turn.route, request, &turn.request_id)
+        .await
+        .inspect_err(|err| metrics.upstream_error(err.backend(), err.kind()))?;
+    metrics.stage("upstream_complete", dispatched.elapsed());
+    turn.span.record("backend", backend.as_str());
+    turn.span
+        .record("upstream_us", micros(dispatched.elapsed()));
+    if let Some(usage) = &completion.usage {
+        turn.span.record("prompt_tokens", usage.prompt_tokens);
+        turn.span
+            .record("completion_tokens", usage.completion_tokens);
+        metrics.tokens(&caller.name, usage);
+        state
+            .access
+            .limits
+            .settle_tokens(&caller.name, estimate, usage.total_tokens);
+    }
+    completion.id = turn.identity.id;
+    completion.created = turn.identity.created;
+    completion.model = turn.identity.model;
+    if let Some(moderator) = moderator {
+        let checked = Instant::now();
+        let decision = moderate_completion(
+            &mut completion,
+            moderator,
+            turn.choices,
+            metrics,
+            turn.audit.as_ref(),
+        )
+        .await;
+        metrics.stage("guard_output", checked.elapsed());
+        if let Some((decision, categories)) = decision {
+            turn.span.record("output", decision.label());
+            turn.note.set_output(decision, categories);
+            if decision == Decision::Unavailable {
+                return Err(guard_unavailable());
             }
         }
-        if !note.is_empty() {
-            completion.warden = Some(note.json());
-        }
-        let mut response = Json(completion).into_response();
-        note.headers(response.headers_mut());
-        response.headers_mut().extend(token_headers);
-        Ok(response)
     }
+    if !turn.note.is_empty() {
+        completion.warden = Some(turn.note.json());
+    }
+    let mut response = Json(completion).into_response();
+    turn.note.headers(response.headers_mut());
+    Ok(response)
 }
 
 /// Judges every choice of a non-streamed answer as an answer of its own, all at the same time;
