@@ -12,9 +12,11 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 use crate::config::KeyConfig;
+use crate::config::{Config, Secret};
 use crate::error::ApiError;
 use crate::knowledge::DEFAULT_TENANT;
-use crate::state::AppState;
+use crate::limits::Limits;
+use std::collections::HashMap;
 
 /// The caller of one request, in the request's extensions.
 #[derive(Debug, Clone)]
@@ -75,9 +77,12 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// the time a lookup takes can only tell how close that digest came to a stored one, and
 /// digests that nearly match say nothing about the keys behind them (a preimage would be
 /// needed), so one map lookup is as safe as comparing with every key, and stays fast with many.
-pub fn authenticate(state: &AppState, bearer: Option<&str>) -> Result<Caller, ApiError> {
-    let keys = &state.access.keys;
-    let admin_token = state.config.server.admin_token.as_ref();
+pub fn authenticate(
+    access: &Access,
+    admin_token: Option<&Secret>,
+    bearer: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let keys = &access.keys;
     let Some(bearer) = bearer else {
         return if keys.is_empty() {
             Ok(Caller::anonymous())
@@ -86,12 +91,7 @@ pub fn authenticate(state: &AppState, bearer: Option<&str>) -> Result<Caller, Ap
         };
     };
     let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
-    if let Some(key) = state
-        .access
-        .by_digest
-        .get(&digest)
-        .and_then(|&i| keys.get(i))
-    {
+    if let Some(key) = access.by_digest.get(&digest).and_then(|&i| keys.get(i)) {
         return Ok(Caller::of(key));
     }
     if let Some(token) = admin_token {
@@ -113,7 +113,12 @@ pub fn authenticate(state: &AppState, bearer: Option<&str>) -> Result<Caller, Ap
 }
 
 /// Puts the [`Caller`] in the request, or answers 401. Health and metrics are open.
-pub async fn middleware(state: AppState, mut request: Request, next: Next) -> Response {
+pub async fn identify(
+    access: &Access,
+    admin_token: Option<&Secret>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path();
     if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         return next.run(request).await;
@@ -127,7 +132,7 @@ pub async fn middleware(state: AppState, mut request: Request, next: Next) -> Re
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    match authenticate(&state, bearer) {
+    match authenticate(access, admin_token, bearer) {
         Ok(caller) => {
             tracing::Span::current().record("key", tracing::field::display(&caller.name));
             let label = crate::metrics::KeyLabel(caller.name.clone());
@@ -137,6 +142,39 @@ pub async fn middleware(state: AppState, mut request: Request, next: Next) -> Re
             response
         }
         Err(err) => err.into_response(),
+    }
+}
+
+/// Who may call and how much: the keys and the limiters made from them.
+pub struct Access {
+    pub keys: Vec<crate::config::KeyConfig>,
+    /// Each key's place in `keys` by the SHA-256 of the key, to find a caller in one lookup.
+    pub by_digest: HashMap<[u8; 32], usize>,
+    pub limits: Arc<Limits>,
+}
+
+impl Access {
+    pub fn new(config: &Config) -> Access {
+        Access::with_limits(config, Limits::new(config, None))
+    }
+
+    /// The keys of `config`, carrying over the counts of every limit that did not change, so a
+    /// reload does not hand every caller a fresh minute.
+    pub(crate) fn next(previous: &Access, config: &Config) -> Access {
+        Access::with_limits(config, Limits::new(config, Some(&previous.limits)))
+    }
+
+    fn with_limits(config: &Config, limits: Limits) -> Access {
+        Access {
+            keys: config.keys.clone(),
+            by_digest: config
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(i, key)| (key.sha256, i))
+                .collect(),
+            limits: Arc::new(limits),
+        }
     }
 }
 

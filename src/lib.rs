@@ -12,8 +12,9 @@
 //! - [`embed`], [`store`], [`ingest`], [`knowledge`]: embeddings in-process, Milvus, document
 //!   ingestion and retrieval.
 //! - [`retrieval`]: the retrieval stage (plan, judge, inject, report).
-//! - [`auth`], [`limits`], [`metrics`], [`audit`]: keys and tenants, rate limits, `/metrics`,
-//!   the audit log.
+//! - [`auth`], [`limits`], [`metrics`], [`audit`]: keys and tenants, rate limits, counters,
+//!   the audit log; [`layers`] hands them their parts of the state as the HTTP layers, so none
+//!   of them depends on the state that holds them (no module imports one that imports it).
 //! - [`note`]: the `warden` object and headers that tell the client what happened.
 //! - [`error`]: the one error type and its OpenAI envelope.
 //! - [`request_id`]: `x-request-id` on every response, upstream request and log line.
@@ -38,6 +39,7 @@ pub mod guard;
 pub mod handlers;
 pub mod ingest;
 pub mod knowledge;
+pub mod layers;
 pub mod limits;
 pub mod metrics;
 pub mod note;
@@ -68,15 +70,15 @@ pub fn build_app(state: impl Into<SharedState>) -> Router {
     routes::routes()
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
-            limits::middleware,
+            layers::limit,
         ))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
-            auth::middleware,
+            layers::authenticate,
         ))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
-            metrics::middleware,
+            layers::count_requests,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(BodyLimit(body_limit)))

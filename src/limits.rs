@@ -17,10 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::metrics::Metrics;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -181,11 +180,18 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
     }
 }
 
-pub async fn middleware(state: AppState, request: Request, next: Next) -> Response {
-    let access = state.access.clone();
-    let limits = &access.limits;
+/// Takes the permits a request needs (the replica's, the key's) or refuses it; `caller` is the
+/// key name authentication found.
+pub async fn enforce(
+    limits: Arc<Limits>,
+    metrics: &Metrics,
+    caller: Option<String>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limits = &limits;
     let Ok(global) = limits.in_flight.1.clone().try_acquire_owned() else {
-        state.metrics.rate_limited("-", "replica_in_flight");
+        metrics.rate_limited("-", "replica_in_flight");
         let mut response = ApiError::Unavailable {
             message: "Warden is at its limit of requests in flight; retry shortly".to_owned(),
             code: "server_overloaded",
@@ -197,8 +203,7 @@ pub async fn middleware(state: AppState, request: Request, next: Next) -> Respon
         return response;
     };
     let mut permits: Vec<OwnedSemaphorePermit> = vec![global];
-    let caller = request.extensions().get::<Caller>().cloned();
-    let key_limits = caller.as_ref().and_then(|c| limits.keys.get(&c.name));
+    let key_limits = caller.as_deref().and_then(|name| limits.keys.get(name));
     let mut rate_headers = HeaderMap::new();
     if let Some(key) = key_limits {
         if let Some((limit, limiter)) = key.per_minute.as_deref() {
@@ -223,10 +228,7 @@ pub async fn middleware(state: AppState, request: Request, next: Next) -> Respon
                     );
                 }
                 Err(not_until) => {
-                    state.metrics.rate_limited(
-                        caller.as_ref().map_or("-", |c| c.name.as_str()),
-                        "requests_per_minute",
-                    );
+                    metrics.rate_limited(caller.as_deref().unwrap_or("-"), "requests_per_minute");
                     let wait = not_until
                         .wait_time_from(governor::clock::Clock::now(&DefaultClock::default()));
                     let mut response = ApiError::RateLimited {
@@ -254,10 +256,7 @@ pub async fn middleware(state: AppState, request: Request, next: Next) -> Respon
             match in_flight.clone().try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => {
-                    state.metrics.rate_limited(
-                        caller.as_ref().map_or("-", |c| c.name.as_str()),
-                        "key_in_flight",
-                    );
+                    metrics.rate_limited(caller.as_deref().unwrap_or("-"), "key_in_flight");
                     let mut response = ApiError::RateLimited {
                         message:
                             "Too many requests in flight for this key; retry when one has finished."

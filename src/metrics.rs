@@ -339,8 +339,8 @@ pub struct KeyLabel(pub String);
 /// Counts every request by route, model, key name and status, and times it to the response
 /// head. It wraps authentication, so refused keys count too (key `-`); requests refused before
 /// their body is read (limits) have no model.
-pub async fn middleware(
-    state: crate::state::AppState,
+pub async fn count(
+    metrics: &Metrics,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -357,7 +357,7 @@ pub async fn middleware(
         .get::<KeyLabel>()
         .map(|k| k.0.as_str())
         .unwrap_or("-");
-    state.metrics.request(
+    metrics.request(
         route,
         model,
         key,
@@ -365,17 +365,6 @@ pub async fn middleware(
         started.elapsed(),
     );
     response
-}
-
-/// `GET /metrics`.
-pub async fn handler(state: crate::state::AppState) -> impl axum::response::IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
 }
 
 #[cfg(test)]

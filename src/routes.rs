@@ -33,7 +33,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/v1/models/{*id}", get(models::retrieve))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(crate::metrics::handler))
+        .route("/metrics", get(health::metrics))
         .fallback(fallback::not_found)
         .method_not_allowed_fallback(fallback::method_not_allowed)
 }

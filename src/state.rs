@@ -15,12 +15,12 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::audit::Audit;
+use crate::auth::Access;
 use crate::backends::pool::Pool;
 use crate::config::Config;
 use crate::embed::Embedder;
 use crate::guard::Guard;
 use crate::knowledge::Knowledge;
-use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -243,39 +243,6 @@ pub struct Reloaded {
     pub needs_restart: Vec<&'static str>,
     /// The policies folder did not load: the policies in force stay.
     pub policy_error: Option<String>,
-}
-
-/// Who may call and how much: the keys and the limiters made from them.
-pub struct Access {
-    pub keys: Vec<crate::config::KeyConfig>,
-    /// Each key's place in `keys` by the SHA-256 of the key, to find a caller in one lookup.
-    pub by_digest: HashMap<[u8; 32], usize>,
-    pub limits: Arc<Limits>,
-}
-
-impl Access {
-    pub fn new(config: &Config) -> Access {
-        Access::with_limits(config, Limits::new(config, None))
-    }
-
-    /// The keys of `config`, carrying over the counts of every limit that did not change, so a
-    /// reload does not hand every caller a fresh minute.
-    fn next(previous: &Access, config: &Config) -> Access {
-        Access::with_limits(config, Limits::new(config, Some(&previous.limits)))
-    }
-
-    fn with_limits(config: &Config, limits: Limits) -> Access {
-        Access {
-            keys: config.keys.clone(),
-            by_digest: config
-                .keys
-                .iter()
-                .enumerate()
-                .map(|(i, key)| (key.sha256, i))
-                .collect(),
-            limits: Arc::new(limits),
-        }
-    }
 }
 
 /// What the router holds: the generation in force.

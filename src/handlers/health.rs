@@ -236,3 +236,14 @@ fn lists_model(listed: &[String], model: &str) -> bool {
         .iter()
         .any(|name| name == model || name.strip_suffix(":latest") == Some(model))
 }
+
+/// `GET /metrics`.
+pub async fn metrics(state: AppState) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
