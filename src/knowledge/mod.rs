@@ -192,7 +192,7 @@ impl Knowledge {
             })
             .collect();
         self.store
-            .delete_document(collection, tenant, &doc_id)
+            .clear_document(collection, tenant, &doc_id)
             .await?;
         Ok(self.store.insert(collection, info.full_text, rows).await?)
     }

@@ -162,6 +162,15 @@ pub struct Store {
 /// Where the store's callers have always found it; defined in config, which checks names too.
 pub use crate::config::valid_collection_name;
 
+/// The filter for one document of one tenant.
+fn document_filter(tenant: &str, doc_id: &str) -> String {
+    format!(
+        "{FIELD_TENANT} == {} and {FIELD_DOC} == {}",
+        literal(tenant),
+        literal(doc_id)
+    )
+}
+
 /// A string literal for a Milvus filter expression: quotes and backslashes escaped, so a value
 /// can never close the literal and add to the expression.
 pub fn literal(value: &str) -> String {
@@ -832,9 +841,9 @@ impl Store {
         Ok(())
     }
 
-    /// Removes every chunk of a document of a tenant.
     /// Deletes a document's chunks within one tenant; returns how many there were (0: the
-    /// tenant has no such document, and nothing was touched).
+    /// tenant has no such document, and nothing was touched). The count costs a query: a
+    /// re-ingest that only replaces chunks calls [`Store::clear_document`].
     pub async fn delete_document(
         &self,
         collection: &str,
@@ -842,21 +851,26 @@ impl Store {
         doc_id: &str,
     ) -> Result<usize, StoreError> {
         let chunks = self.count_document(collection, tenant, doc_id).await?;
-        if chunks == 0 {
-            return Ok(0);
+        if chunks > 0 {
+            self.clear_document(collection, tenant, doc_id).await?;
         }
-        let filter = format!(
-            "{FIELD_TENANT} == {} and {FIELD_DOC} == {}",
-            literal(tenant),
-            literal(doc_id)
-        );
+        Ok(chunks)
+    }
+
+    /// Removes every chunk of a document of a tenant, whether there are any or not.
+    pub async fn clear_document(
+        &self,
+        collection: &str,
+        tenant: &str,
+        doc_id: &str,
+    ) -> Result<(), StoreError> {
         let request = DeleteRequest::builder()
             .collection_name(collection)
-            .filter(filter)
+            .filter(document_filter(tenant, doc_id))
             .build()
             .map_err(failed)?;
         self.limit(self.client().await?.delete(request)).await?;
-        Ok(chunks)
+        Ok(())
     }
 
     /// Number of chunks of a document (what a delete or re-ingest can be checked against).
@@ -866,14 +880,9 @@ impl Store {
         tenant: &str,
         doc_id: &str,
     ) -> Result<usize, StoreError> {
-        let filter = format!(
-            "{FIELD_TENANT} == {} and {FIELD_DOC} == {}",
-            literal(tenant),
-            literal(doc_id)
-        );
         let request = QueryRequest::builder()
             .collection_name(collection)
-            .filter(filter)
+            .filter(document_filter(tenant, doc_id))
             .output_fields([FIELD_CHUNK])
             .consistency_level(ConsistencyLevel::Strong)
             .build()
