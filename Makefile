@@ -34,6 +34,7 @@ release: toolchain
 
 ## Benchmark: Warden's overhead over a fake upstream, measured side by side.
 bench: toolchain
+	scripts/redis.sh setup
 	cargo build --release --locked --bin warden --example bench
 	$(CARGO_TARGET_DIR)/release/examples/bench
 

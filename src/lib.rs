@@ -12,7 +12,8 @@
 //! - [`embed`], [`store`], [`ingest`], [`knowledge`]: embeddings in-process, Milvus, document
 //!   ingestion and retrieval.
 //! - [`retrieval`]: the retrieval stage (plan, judge, inject, report).
-//! - [`auth`], [`limits`], [`metrics`], [`audit`]: keys and tenants, rate limits, counters,
+//! - [`auth`], [`limits`], [`metrics`], [`audit`]: keys and tenants, rate limits (counted in the
+//!   replica or shared by all in Redis, [`limits::SharedLimits`]), counters,
 //!   the audit log; [`layers`] hands them their parts of the state as the HTTP layers, so none
 //!   of them depends on the state that holds them (no module imports one that imports it).
 //! - [`note`]: the `warden` object and headers that tell the client what happened.

@@ -58,6 +58,7 @@ pub struct Metrics {
     unjudged_parts: Counter,
     upstream_errors: Counter,
     rate_limited: Counter,
+    limits_store_unavailable: Counter,
     retrieval_sources: Counter,
     tokens: Counter,
     reloads: Counter,
@@ -199,6 +200,13 @@ impl Metrics {
         );
     }
 
+    /// A request that met a shared limits store that did not answer, by what it got
+    /// (`local`: counted in this replica; `refused`: 503).
+    pub fn limits_store_unavailable(&self, outcome: &'static str) {
+        self.limits_store_unavailable
+            .add(vec![("outcome", outcome.to_owned())], 1);
+    }
+
     /// Tokens as the backend counted them (`usage`), by key name and direction (`prompt`,
     /// `completion`).
     pub fn tokens(&self, key: &str, usage: &crate::types::Usage) {
@@ -233,7 +241,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 8] = [
+        let counters: [(&str, &str, &Counter); 9] = [
             (
                 "warden_tokens_total",
                 "Tokens by key name and direction, as the backends reported them.",
@@ -263,6 +271,11 @@ impl Metrics {
                 "warden_rate_limited_total",
                 "Requests refused by a limit, by key name and reason.",
                 &self.rate_limited,
+            ),
+            (
+                "warden_limits_store_unavailable_total",
+                "Requests that met the shared limits store down, by outcome (local: counted in this replica; refused: 503).",
+                &self.limits_store_unavailable,
             ),
             (
                 "warden_retrieval_sources_total",
@@ -326,6 +339,14 @@ impl Metrics {
         );
         out
     }
+}
+
+/// The gauge of the shared limits store, for `/metrics` when there is one.
+pub fn limits_store_gauge(up: bool) -> String {
+    format!(
+        "# HELP warden_limits_store_up Whether the shared limits store (Redis) answers: 1 yes, 0 no (keys' limits then follow limits.on_store_unavailable).\n# TYPE warden_limits_store_up gauge\nwarden_limits_store_up {}\n",
+        u8::from(up)
+    )
 }
 
 /// The model a response was for, put in the response's extensions by the handler.

@@ -65,7 +65,10 @@ pub async fn chat(
     } else {
         0
     };
-    let token_headers = match limits.take_tokens(&caller.name, estimate) {
+    let token_headers = match limits
+        .take_tokens(&state.metrics, &caller.name, estimate)
+        .await
+    {
         Ok(headers) => headers,
         Err(refusal) => return Ok(refusal),
     };

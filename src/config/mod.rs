@@ -9,8 +9,8 @@ mod secret;
 
 pub use env::{AppliedOverride, CONFIG_PATH_VAR, Environment, MapEnv, ProcessEnv};
 pub use raw::{
-    BackendKind, Balance, Consistency, DEFAULT_TEMPLATE, Device, FusionKind, LogFormat,
-    OnUnavailable, Placement, PoolingKind, RawConfig, RetrievalMode,
+    BackendKind, Balance, Consistency, DEFAULT_TEMPLATE, Device, FusionKind, LimitsStore,
+    LogFormat, OnUnavailable, Placement, PoolingKind, RawConfig, RetrievalMode, StoreFallback,
 };
 pub use secret::Secret;
 
@@ -37,6 +37,8 @@ pub struct Config {
     pub keys: Vec<KeyConfig>,
     /// Requests in flight at once over all callers.
     pub max_concurrent_requests: u32,
+    /// Where the keys' limits are shared by every replica; `None`: each replica counts its own.
+    pub shared_limits: Option<SharedLimitsConfig>,
     /// The audit log file and whether it holds content.
     pub audit: Option<(PathBuf, bool)>,
     /// The file as read plus overrides and defaults; secrets in it are references only.
@@ -52,6 +54,29 @@ pub struct ServerConfig {
     pub readiness_timeout: Duration,
     pub admin_token: Option<Secret>,
     pub allow_anonymous: bool,
+}
+
+/// `[limits] store = "redis"`: the server the keys' counters live on, and what happens without it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedLimitsConfig {
+    pub target: RedisTarget,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub timeout: Duration,
+    pub lease_ttl: Duration,
+    pub key_prefix: String,
+    pub on_unavailable: StoreFallback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    Node(String),
+    Cluster(Vec<String>),
+    /// The sentinels, and the service whose primary they name.
+    Sentinel {
+        sentinels: Vec<String>,
+        service: String,
+    },
 }
 
 /// A configured caller; `sha256` is the digest of its key.
@@ -709,9 +734,12 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
             "must be at least 1".to_owned(),
         ));
     }
+    let shared_limits =
+        validate_shared_limits(&raw.limits, env).map_err(|(key, message)| error(key, message))?;
     Ok(Config {
         keys,
         max_concurrent_requests: raw.limits.max_concurrent_requests,
+        shared_limits,
         audit: raw
             .audit
             .as_ref()
@@ -833,6 +861,128 @@ fn parse_base_url(text: &str) -> Result<Url, String> {
         return Err(format!("`{text}` must not have a query or fragment"));
     }
     Ok(url)
+}
+
+fn validate_shared_limits(
+    limits: &raw::RawLimits,
+    env: &dyn Environment,
+) -> Result<Option<SharedLimitsConfig>, (String, String)> {
+    let redis = match (limits.store, &limits.redis) {
+        (LimitsStore::Local, None) => return Ok(None),
+        (LimitsStore::Local, Some(_)) => {
+            return Err((
+                "limits.redis".to_owned(),
+                "is only read with limits.store = \"redis\"; set that, or remove the section"
+                    .to_owned(),
+            ));
+        }
+        (LimitsStore::Redis, None) => {
+            return Err((
+                "limits.redis".to_owned(),
+                "limits.store = \"redis\" needs a [limits.redis] section with `url` (or `cluster`)"
+                    .to_owned(),
+            ));
+        }
+        (LimitsStore::Redis, Some(redis)) => redis,
+    };
+    let at = |field: &str| format!("limits.redis.{field}");
+    let check = |field: String, text: &str| -> Result<String, (String, String)> {
+        let url = Url::parse(text)
+            .map_err(|err| (field.clone(), format!("`{text}` is not a valid URL: {err}")))?;
+        if !matches!(url.scheme(), "redis" | "rediss" | "valkey" | "valkeys") {
+            return Err((
+                field,
+                format!(
+                    "`{text}`: the scheme must be redis://, rediss:// (TLS), valkey:// or valkeys://"
+                ),
+            ));
+        }
+        if url.password().is_some() {
+            return Err((field, "a password is never written in the URL: give it as limits.redis.password = \"env:VARIABLE\"".to_owned()));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err((field, format!("`{text}` names no host")));
+        }
+        // What the client itself accepts (a database number, say), so that start-up finds out.
+        redis::IntoConnectionInfo::into_connection_info(text)
+            .map_err(|err| (field.clone(), format!("`{text}`: {err}")))?;
+        Ok(text.to_owned())
+    };
+    let urls = |field: &str, nodes: &[String]| -> Result<Vec<String>, (String, String)> {
+        if nodes.is_empty() {
+            return Err((at(field), "name at least one".to_owned()));
+        }
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| check(format!("limits.redis.{field}[{i}]"), node))
+            .collect()
+    };
+    let target = match (&redis.url, &redis.cluster, &redis.sentinels) {
+        (Some(url), None, None) => RedisTarget::Node(check(at("url"), url)?),
+        (None, Some(nodes), None) => RedisTarget::Cluster(urls("cluster", nodes)?),
+        (None, None, Some(nodes)) => RedisTarget::Sentinel {
+            sentinels: urls("sentinels", nodes)?,
+            service: redis
+                .sentinel_service
+                .clone()
+                .filter(|service| !service.trim().is_empty())
+                .ok_or_else(|| {
+                    (
+                        at("sentinel_service"),
+                        "Sentinel needs the name of the service it watches (`sentinel monitor NAME ...`)".to_owned(),
+                    )
+                })?,
+        },
+        _ => {
+            return Err((
+                at("url"),
+                "give exactly one of `url` (one server), `cluster` (some nodes of a Redis Cluster) and `sentinels` (Redis Sentinel)".to_owned(),
+            ));
+        }
+    };
+    if redis.sentinel_service.is_some() && redis.sentinels.is_none() {
+        return Err((
+            at("sentinel_service"),
+            "is only read with `sentinels`".to_owned(),
+        ));
+    }
+    let password = redis
+        .password
+        .as_deref()
+        .map(|reference| resolve_secret(reference, env))
+        .transpose()
+        .map_err(|message| (at("password"), message))?;
+    if redis.timeout_ms == 0 {
+        return Err((at("timeout_ms"), "must be at least 1".to_owned()));
+    }
+    if redis.lease_ttl_ms < 1000 {
+        return Err((
+            at("lease_ttl_ms"),
+            "must be at least 1000 (the lease is renewed every third of it)".to_owned(),
+        ));
+    }
+    let prefix_ok = !redis.key_prefix.is_empty()
+        && redis.key_prefix.len() <= 64
+        && redis
+            .key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if !prefix_ok {
+        return Err((
+            at("key_prefix"),
+            "must be 1 to 64 letters, digits, `_`, `-`, `.` or `:`".to_owned(),
+        ));
+    }
+    Ok(Some(SharedLimitsConfig {
+        target,
+        username: redis.username.clone(),
+        password,
+        timeout: Duration::from_millis(redis.timeout_ms),
+        lease_ttl: Duration::from_millis(redis.lease_ttl_ms),
+        key_prefix: redis.key_prefix.clone(),
+        on_unavailable: limits.on_store_unavailable,
+    }))
 }
 
 fn resolve_secret(reference: &str, env: &dyn Environment) -> Result<Secret, String> {

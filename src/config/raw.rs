@@ -41,19 +41,95 @@ pub struct RawAudit {
     pub include_content: bool,
 }
 
-/// `[limits]`: what this replica takes at once, whoever calls.
+/// `[limits]`: what this replica takes at once, whoever calls, and where the keys' counters
+/// live.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
     /// Requests in flight at once over all callers; past it, 503 with `Retry-After` at once
-    /// (never a queue).
+    /// (never a queue). Always this replica's own: it protects the process.
     pub max_concurrent_requests: u32,
+    /// Where the keys' limits are counted: `local` (this replica) or `redis` (every replica
+    /// that names the same Redis shares them).
+    pub store: LimitsStore,
+    /// What a request meets while the store does not answer: `local` (this replica's own
+    /// counters) or `fail` (503 `limits_unavailable`).
+    pub on_store_unavailable: StoreFallback,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RawRedis>,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
         RawLimits {
             max_concurrent_requests: 4096,
+            store: LimitsStore::Local,
+            on_store_unavailable: StoreFallback::Local,
+            redis: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsStore {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreFallback {
+    /// Count in this replica (logged once, reported by `/readyz` and a metric).
+    #[default]
+    Local,
+    /// Refuse with 503 `limits_unavailable`.
+    Fail,
+}
+
+/// `[limits.redis]`: the shared store of the keys' limits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRedis {
+    /// One server: `redis://host:6379/0`, `rediss://` for TLS (also `valkey://`, `valkeys://`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A Redis Cluster instead: some of its nodes' URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Vec<String>>,
+    /// Redis Sentinel instead: the sentinels' URLs (`redis://host:26379`), which name the
+    /// current primary of `sentinel_service`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinels: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// An `env:` reference; never the password itself, nor a password in the URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// The longest one call may take before the store counts as unavailable.
+    pub timeout_ms: u64,
+    /// How long a request in flight holds its slot without a renewal: a replica that dies
+    /// gives its slots back after this long.
+    pub lease_ttl_ms: u64,
+    /// Put before every key Warden writes, so that several deployments can share a server.
+    pub key_prefix: String,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        RawRedis {
+            url: None,
+            cluster: None,
+            sentinels: None,
+            sentinel_service: None,
+            username: None,
+            password: None,
+            timeout_ms: 100,
+            lease_ttl_ms: 30_000,
+            key_prefix: "warden".to_owned(),
         }
     }
 }

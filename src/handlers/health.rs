@@ -20,6 +20,23 @@ pub struct Readiness {
     pub models: BTreeMap<String, ModelStatus>,
     pub guard: GuardStatus,
     pub knowledge: KnowledgeStatus,
+    pub limits: LimitsStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LimitsStatus {
+    /// `local` (each replica counts its own) or `redis` (shared by every replica).
+    pub store: &'static str,
+    /// With `redis`: `up` or `down`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// With `redis`: what requests meet while it is down, `local` or `fail`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_unavailable: Option<crate::config::StoreFallback>,
+    /// Whether Warden is not ready while the store is down (`on_store_unavailable = "fail"`).
+    pub required: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,7 +120,32 @@ pub async fn readyz(state: AppState) -> (StatusCode, Json<Readiness>) {
             ),
         }
     };
-    let (results, milvus) = tokio::join!(futures_util::future::join_all(probes), milvus_probe);
+    let limits_probe = async {
+        match state.access.limits.shared() {
+            None => LimitsStatus {
+                store: "local",
+                status: None,
+                error: None,
+                on_unavailable: None,
+                required: false,
+            },
+            Some(store) => {
+                let health = store.probe().await;
+                LimitsStatus {
+                    store: "redis",
+                    status: Some(if health.up { "up" } else { "down" }),
+                    error: health.error,
+                    on_unavailable: Some(store.on_unavailable()),
+                    required: store.on_unavailable() == crate::config::StoreFallback::Fail,
+                }
+            }
+        }
+    };
+    let (results, milvus, limits) = tokio::join!(
+        futures_util::future::join_all(probes),
+        milvus_probe,
+        limits_probe
+    );
     let full_text = match &milvus {
         Some(Ok(Ok(full_text))) => *full_text,
         _ => None,
@@ -214,7 +256,8 @@ pub async fn readyz(state: AppState) -> (StatusCode, Json<Readiness>) {
     };
     let ready = models.values().all(|m| m.status == "ready")
         && !(guard.required && guard.status == "down")
-        && !(knowledge.required && knowledge.milvus == "down");
+        && !(knowledge.required && knowledge.milvus == "down")
+        && !(limits.required && limits.status == Some("down"));
     let code = if ready {
         StatusCode::OK
     } else {
@@ -226,6 +269,7 @@ pub async fn readyz(state: AppState) -> (StatusCode, Json<Readiness>) {
         models,
         guard,
         knowledge,
+        limits,
     };
     (code, Json(readiness))
 }
@@ -244,6 +288,12 @@ pub async fn metrics(state: AppState) -> impl axum::response::IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        {
+            let mut text = state.metrics.render();
+            if let Some(store) = state.access.limits.shared() {
+                text.push_str(&crate::metrics::limits_store_gauge(store.health().up));
+            }
+            text
+        },
     )
 }

@@ -2,8 +2,11 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use warden::AppState;
 use warden::config::{Config, MapEnv};
@@ -251,4 +254,100 @@ pub async fn answer(base: &str, content: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no answer text in {body}"))
         .to_owned()
+}
+
+/// The `warden` binary, with no `WARDEN_*` override from around the test run.
+pub fn warden() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+    // Only what a test sets: any WARDEN_* variable around the test run would be an override.
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("WARDEN_")) {
+        command.env_remove(name);
+    }
+    command.env("NO_COLOR", "1");
+    command
+}
+
+pub fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("warden-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("warden.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A `warden serve` that a test started: killed when the test ends, even by a failed assertion,
+/// so no server outlives its test.
+pub struct Serving(pub std::process::Child);
+
+impl std::ops::Deref for Serving {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serving {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `warden serve` and waits for the address it listens on.
+pub fn spawn_serving(
+    path: &std::path::Path,
+) -> (Serving, String, std::sync::mpsc::Receiver<String>) {
+    spawn_serving_with(path, &[("RUST_LOG", "info")])
+}
+
+/// [`spawn_serving`] with these environment variables.
+pub fn spawn_serving_with(
+    path: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Serving, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = Serving(
+        warden()
+            .args(["serve", "--config"])
+            .arg(path)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = wait_for_line(&rx, "listening on http://");
+    let i = line.find("listening on http://").unwrap();
+    // Text lines end the address with a space, JSON lines with a quote.
+    let address = line[i + "listening on http://".len()..]
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == ':'))
+        .next()
+        .unwrap()
+        .to_owned();
+    (child, address, rx)
+}
+
+pub fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no log line with `{needle}`"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
 }

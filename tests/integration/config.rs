@@ -236,3 +236,88 @@ fn retrieval_modes_and_fusion_are_checked_with_their_keys() {
     let err = error(&with("rrf_k = 0"));
     assert_eq!(err.key.as_deref(), Some("retrieval.rrf_k"));
 }
+
+#[test]
+fn a_shared_limits_store_is_checked_key_by_key() {
+    let with = |limits: &str| format!("{VALID}\n{limits}");
+    let cases = [
+        (
+            "[limits]\nstore = \"redis\"\n",
+            "limits.redis",
+            "needs a [limits.redis] section",
+        ),
+        (
+            "[limits.redis]\nurl = \"redis://127.0.0.1:6379\"\n",
+            "limits.redis",
+            "only read with limits.store = \"redis\"",
+        ),
+        (
+            "[limits]\nstore = \"redis\"\n[limits.redis]\nurl = \"redis://:hunter2@127.0.0.1:6379\"\n",
+            "limits.redis.url",
+            "never written in the URL",
+        ),
+        (
+            "[limits]\nstore = \"redis\"\n[limits.redis]\nurl = \"http://127.0.0.1:6379\"\n",
+            "limits.redis.url",
+            "the scheme must be redis://",
+        ),
+        (
+            "[limits]\nstore = \"redis\"\n[limits.redis]\ncluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001/x\"]\n",
+            "limits.redis.cluster[1]",
+            "`redis://127.0.0.1:7001/x`",
+        ),
+        (
+            "[limits]\nstore = \"redis\"\n[limits.redis]\nurl = \"redis://127.0.0.1:6379\"\ncluster = [\"redis://127.0.0.1:7000\"]\n",
+            "limits.redis.url",
+            "exactly one of `url`",
+        ),
+        (
+            "[limits]\nstore = \"redis\"\n[limits.redis]\nsentinels = [\"redis://127.0.0.1:26379\"]\n",
+            "limits.redis.sentinel_service",
+            "the name of the service",
+        ),
+        (
+            "[limits]\nstore = \"redis\"\n[limits.redis]\nurl = \"redis://127.0.0.1:6379\"\nsentinel_service = \"primary\"\n",
+            "limits.redis.sentinel_service",
+            "only read with `sentinels`",
+        ),
+        (
+            "[limits]\nstore = \"redis\"\n[limits.redis]\nurl = \"redis://127.0.0.1:6379\"\npassword = \"hunter2\"\n",
+            "limits.redis.password",
+            "references",
+        ),
+        (
+            "[limits]\nstore = \"redis\"\n[limits.redis]\nurl = \"redis://127.0.0.1:6379\"\npassword = \"env:REDIS_PASSWORD\"\n",
+            "limits.redis.password",
+            "REDIS_PASSWORD",
+        ),
+        (
+            "[limits]\nstore = \"redis\"\n[limits.redis]\nurl = \"redis://127.0.0.1:6379\"\nlease_ttl_ms = 10\n",
+            "limits.redis.lease_ttl_ms",
+            "at least 1000",
+        ),
+        (
+            "[limits]\nstore = \"redis\"\non_store_unavailable = \"queue\"\n[limits.redis]\nurl = \"redis://127.0.0.1:6379\"\n",
+            "limits.on_store_unavailable",
+            "queue",
+        ),
+    ];
+    for (limits, key, message) in cases {
+        let err = error(&with(limits));
+        assert_eq!(err.key.as_deref(), Some(key), "{limits}: {err}");
+        assert!(err.to_string().contains(message), "{limits}: {err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    let config = parse(
+        &with("[limits]\nstore = \"redis\"\non_store_unavailable = \"fail\"\n[limits.redis]\nurl = \"rediss://cache.internal:6380/2\"\nusername = \"warden\"\npassword = \"env:REDIS_PASSWORD\"\n"),
+        &env().with("REDIS_PASSWORD", "s3cret-redis"),
+    )
+    .unwrap();
+    let shared = config.shared_limits.as_ref().unwrap();
+    assert_eq!(shared.on_unavailable, warden::config::StoreFallback::Fail);
+    assert_eq!(shared.password.as_ref().unwrap().expose(), "s3cret-redis");
+    assert_eq!(shared.timeout, std::time::Duration::from_millis(100));
+    let printed = config.effective_toml().unwrap();
+    assert!(printed.contains("env:REDIS_PASSWORD") && !printed.contains("s3cret-redis"));
+}

@@ -27,5 +27,6 @@ mod outage;
 mod reload;
 mod retrieval;
 mod sdk;
+mod shared_limits;
 mod shutdown;
 mod store;

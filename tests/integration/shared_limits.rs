@@ -1,0 +1,620 @@
+//! `[limits] store = "redis"`: the keys' limits shared by several Warden replicas through a real
+//! redis-server (Debian's, started by `make test`; REDIS_TEST_URL names it). The outage tests
+//! start and stop their own server (REDIS_SERVER_BIN).
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::fake_upstream::{FakeUpstream, Flavor};
+
+fn redis_url() -> String {
+    std::env::var("REDIS_TEST_URL")
+        .expect("REDIS_TEST_URL must name a running redis-server (make test starts one)")
+}
+
+/// A key prefix of this test's own, so that tests sharing the server never share counters.
+fn prefix(test: &str) -> String {
+    format!(
+        "t{}-{test}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// A config of one model, one key `team` (its secret in TEAM_KEY) with `limits`, and `store`.
+fn config(upstream: &FakeUpstream, key_limits: &str, limits: &str) -> String {
+    format!(
+        "{}\n[[keys]]\nname = \"team\"\nkey = \"env:TEAM_KEY\"\n{key_limits}\n",
+        config_for(&[upstream], limits)
+    )
+}
+
+fn redis_limits(url: &str, prefix: &str, extra: &str) -> String {
+    format!(
+        "[limits]\nstore = \"redis\"\n{extra}\n[limits.redis]\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\ntimeout_ms = 200\nlease_ttl_ms = 1500\n"
+    )
+}
+
+const KEY: &str = "sk-team-shared";
+
+fn chat_as_team(address: &str, stream: bool) -> reqwest::RequestBuilder {
+    client()
+        .post(format!("http://{address}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .timeout(Duration::from_secs(10))
+        .json(&chat_body(stream))
+}
+
+/// Two `warden serve` processes of one config.
+fn two_replicas(name: &str, text: &str) -> [(Serving, String); 2] {
+    let path = temp_config(name, text);
+    let env = [("RUST_LOG", "info"), ("TEAM_KEY", KEY)];
+    let (a, address_a, _) = spawn_serving_with(&path, &env);
+    let (b, address_b, _) = spawn_serving_with(&path, &env);
+    [(a, address_a), (b, address_b)]
+}
+
+/// Waits until the replica's `/readyz` says the shared store is up (it connects in the
+/// background after start-up).
+async fn store_up(address: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready: serde_json::Value = client()
+            .get(format!("http://{address}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["limits"]["status"] == "up" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never came up: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends 20 requests, alternating between the replicas; the statuses in order.
+async fn twenty_alternating(replicas: &[(Serving, String); 2]) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let response = chat_as_team(&replicas[i % 2].1, false)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        if status == 429 {
+            assert_eq!(response.headers()["x-ratelimit-remaining-requests"], "0");
+            assert!(response.headers().contains_key("retry-after"));
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+        }
+        statuses.push(status);
+    }
+    statuses
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (REDIS_TEST_URL); `make test` runs it"]
+async fn a_keys_rate_holds_across_two_replicas_sharing_redis() {
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let shared = two_replicas(
+        "shared-rpm",
+        &config(
+            &upstream,
+            "requests_per_minute = 10",
+            &redis_limits(&redis_url(), &prefix("rpm"), ""),
+        ),
+    );
+    store_up(&shared[0].1).await;
+    store_up(&shared[1].1).await;
+    let statuses = twenty_alternating(&shared).await;
+    assert_eq!(
+        statuses,
+        [vec![200; 10], vec![429; 10]].concat(),
+        "10 per minute for the key over both replicas"
+    );
+    assert_eq!(upstream.calls(), 10);
+
+    // The same two replicas counting locally let each take the key's whole rate: what the
+    // shared store is for.
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let local = two_replicas(
+        "local-rpm",
+        &config(&upstream, "requests_per_minute = 10", ""),
+    );
+    let statuses = twenty_alternating(&local).await;
+    assert_eq!(statuses, vec![200; 20]);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (REDIS_TEST_URL); `make test` runs it"]
+async fn a_killed_replica_gives_its_slots_back_when_their_leases_expire() {
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let [(mut a, address_a), (_b, address_b)] = two_replicas(
+        "leases",
+        &config(
+            &upstream,
+            "max_concurrent = 1",
+            &redis_limits(&redis_url(), &prefix("leases"), ""),
+        ),
+    );
+    store_up(&address_a).await;
+    store_up(&address_b).await;
+
+    // A finished request and a stream whose client left both give the slot back at once.
+    let done = chat_as_team(&address_a, false).send().await.unwrap();
+    assert_eq!(done.status(), 200);
+    upstream.script(|s| s.frame_delay = Duration::from_millis(300));
+    let mut left = chat_as_team(&address_a, true).send().await.unwrap();
+    assert_eq!(left.status(), 200);
+    assert_eq!(
+        chat_as_team(&address_b, false)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429,
+        "the stream on A holds the key's one slot"
+    );
+    left.chunk().await.unwrap();
+    drop(left);
+    upstream.script(|s| s.frame_delay = Duration::ZERO);
+    let freed = poll_until_ok(&address_b, Duration::from_secs(1)).await;
+    assert!(
+        freed < Duration::from_secs(1),
+        "released when the client left, not by expiry"
+    );
+
+    // A request held past the lease's time to live keeps its slot (renewed), until its
+    // replica dies; then the slot comes back when the lease expires.
+    // A frame a second: the stream outlives twice the lease's time to live (1.5 s) within the
+    // backend's idle timeout (2 s).
+    upstream.script(|s| s.frame_delay = Duration::from_millis(1000));
+    let holding = chat_as_team(&address_a, true).send().await.unwrap();
+    assert_eq!(holding.status(), 200);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        chat_as_team(&address_b, false)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429,
+        "renewed: held twice its time to live and still held"
+    );
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let killed = Instant::now();
+    upstream.script(|s| s.frame_delay = Duration::ZERO);
+    assert_eq!(
+        chat_as_team(&address_b, false)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429,
+        "the dead replica's lease is still there"
+    );
+    drop(holding);
+    poll_until_ok(&address_b, Duration::from_secs(5)).await;
+    assert!(
+        killed.elapsed() >= Duration::from_millis(500),
+        "given back by expiry (1.5 s), not at once: {:?}",
+        killed.elapsed()
+    );
+}
+
+/// Sends requests to `address` until one is answered 200; how long that took.
+async fn poll_until_ok(address: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let status = chat_as_team(address, false).send().await.unwrap().status();
+        if status == 200 {
+            return started.elapsed();
+        }
+        assert_eq!(status, 429);
+        assert!(
+            started.elapsed() < within,
+            "no slot came back within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (REDIS_TEST_URL); `make test` runs it"]
+async fn a_keys_token_budget_is_shared_by_the_replicas() {
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let text = config(
+        &upstream,
+        "tokens_per_minute = 60",
+        &redis_limits(&redis_url(), &prefix("tpm"), ""),
+    );
+    let env = warden::config::MapEnv::default().with("TEAM_KEY", KEY);
+    let a = Warden::start_with_env(&text, env.clone()).await;
+    let b = Warden::start_with_env(&text, env).await;
+    let address = |w: &Warden| w.addr.to_string();
+    store_up(&address(&a)).await;
+    store_up(&address(&b)).await;
+    let first = chat_as_team(&address(&a), false).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-ratelimit-limit-tokens"], "60");
+    // The usage is settled in the background once the answer is out.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = chat_as_team(&address(&b), false).send().await.unwrap();
+    assert_eq!(second.status(), 200, "the first usage (41) left room");
+    let remaining: u32 = second.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        remaining < 20,
+        "B saw what A's request used: {remaining} left of 60"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = chat_as_team(&address(&a), false).send().await.unwrap();
+    assert_eq!(
+        third.status(),
+        429,
+        "the two usages drained the shared budget"
+    );
+    assert_eq!(third.headers()["x-ratelimit-remaining-tokens"], "0");
+}
+
+/// A redis-server of one test, on a port of its own, that the test stops and starts again.
+struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    /// Its arguments, from its port and folder.
+    args: fn(u16, &std::path::Path) -> Vec<String>,
+    child: Option<Child>,
+}
+
+fn plain_server(port: u16, dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    [
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain(["--port".to_owned(), port.to_string()])
+    .collect()
+}
+
+fn redis_bin(name: &str) -> std::path::PathBuf {
+    let server = std::env::var("REDIS_SERVER_BIN")
+        .expect("REDIS_SERVER_BIN must name redis-server (make test sets it)");
+    std::path::Path::new(&server).with_file_name(name)
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        Self::start_with(plain_server)
+    }
+
+    fn start_with(args: fn(u16, &std::path::Path) -> Vec<String>) -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("warden-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = OwnRedis {
+            port,
+            dir,
+            args,
+            child: None,
+        };
+        redis.up();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let child = std::process::Command::new(redis_bin("redis-server"))
+            .args((self.args)(self.port, &self.dir))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis-cli` against this server.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(redis_bin("redis-cli"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn readiness(warden: &Warden) -> (u16, serde_json::Value) {
+    let response = warden.get("/readyz").await;
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (REDIS_SERVER_BIN); `make test` runs it"]
+async fn with_redis_down_fail_refuses_at_once_and_recovers_by_itself() {
+    let mut redis = OwnRedis::start();
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let text = config(
+        &upstream,
+        "requests_per_minute = 100",
+        &redis_limits(&redis.url(), "fail", "on_store_unavailable = \"fail\""),
+    );
+    let warden = Warden::start_with_env(
+        &text,
+        warden::config::MapEnv::default().with("TEAM_KEY", KEY),
+    )
+    .await;
+    let address = warden.addr.to_string();
+    store_up(&address).await;
+    assert_eq!(
+        chat_as_team(&address, false).send().await.unwrap().status(),
+        200
+    );
+
+    redis.down();
+    // The client's own timeout (10 s) is the hang detector: each answer comes at once.
+    for _ in 0..3 {
+        let refused = chat_as_team(&address, false).send().await.unwrap();
+        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        assert!(refused.headers().contains_key("x-request-id"));
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "limits_unavailable", "{body}");
+    }
+    let (status, ready) = readiness(&warden).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["limits"]["status"], "down");
+    assert_eq!(ready["limits"]["required"], true);
+    assert!(ready["limits"]["error"].is_string(), "{ready}");
+    assert_eq!(upstream.calls(), 1, "nothing refused went upstream");
+
+    redis.up();
+    store_up(&address).await;
+    assert_eq!(
+        chat_as_team(&address, false).send().await.unwrap().status(),
+        200
+    );
+    let (status, _) = readiness(&warden).await;
+    assert_eq!(status, 200);
+    let metrics = warden.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("warden_limits_store_up 1"), "{metrics}");
+    assert!(
+        metrics.contains("warden_limits_store_unavailable_total{outcome=\"refused\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (REDIS_SERVER_BIN); `make test` runs it"]
+async fn with_redis_down_local_counts_in_the_replica_until_it_is_back() {
+    let mut redis = OwnRedis::start();
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let text = config(
+        &upstream,
+        "requests_per_minute = 2",
+        &redis_limits(&redis.url(), "local", "on_store_unavailable = \"local\""),
+    );
+    let warden = Warden::start_with_env(
+        &text,
+        warden::config::MapEnv::default().with("TEAM_KEY", KEY),
+    )
+    .await;
+    let address = warden.addr.to_string();
+    store_up(&address).await;
+    assert_eq!(
+        chat_as_team(&address, false).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        chat_as_team(&address, false).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        chat_as_team(&address, false).send().await.unwrap().status(),
+        429,
+        "the shared count: 2 per minute"
+    );
+
+    redis.down();
+    // This replica's own counters, fresh: two more, then its own limit.
+    let statuses: Vec<u16> = futures_util::future::join_all((0..3).map(|_| async {
+        chat_as_team(&address, false)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }))
+    .await;
+    let mut sorted = statuses.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [200, 200, 429], "{statuses:?}");
+    let (status, ready) = readiness(&warden).await;
+    assert_eq!(status, 200, "still serving, with local limits: {ready}");
+    assert_eq!(ready["limits"]["status"], "down");
+    assert_eq!(ready["limits"]["on_unavailable"], "local");
+    let metrics = warden.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("warden_limits_store_up 0"), "{metrics}");
+    assert!(
+        metrics.contains("warden_limits_store_unavailable_total{outcome=\"local\"} 3"),
+        "{metrics}"
+    );
+
+    // Back (empty: the server kept nothing), and shared again.
+    redis.up();
+    store_up(&address).await;
+    let statuses = [
+        chat_as_team(&address, false).send().await.unwrap().status(),
+        chat_as_team(&address, false).send().await.unwrap().status(),
+        chat_as_team(&address, false).send().await.unwrap().status(),
+    ];
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
+/// Three rate checks of key `team` (2 per minute) at `warden`: the shared count.
+async fn two_then_refused(warden: &Warden) -> [u16; 3] {
+    let address = warden.addr.to_string();
+    store_up(&address).await;
+    let mut statuses = [0; 3];
+    for status in &mut statuses {
+        *status = chat_as_team(&address, false)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+    }
+    statuses
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (REDIS_SERVER_BIN); `make test` runs it"]
+async fn a_redis_cluster_holds_the_shared_counts() {
+    fn cluster_node(port: u16, dir: &std::path::Path) -> Vec<String> {
+        let mut args = plain_server(port, dir);
+        args.extend([
+            "--cluster-enabled".to_owned(),
+            "yes".to_owned(),
+            "--cluster-config-file".to_owned(),
+            dir.join("nodes.conf").display().to_string(),
+        ]);
+        args
+    }
+    let nodes = [
+        OwnRedis::start_with(cluster_node),
+        OwnRedis::start_with(cluster_node),
+        OwnRedis::start_with(cluster_node),
+    ];
+    let addresses: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let mut create = vec!["--cluster", "create"];
+    create.extend(addresses.iter().map(String::as_str));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    nodes[0].cli(&create);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes
+        .iter()
+        .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+    {
+        assert!(Instant::now() < deadline, "the cluster never became ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let urls: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.url())).collect();
+    let prefix = prefix("cluster");
+    let limits = format!(
+        "[limits]\nstore = \"redis\"\n[limits.redis]\ncluster = [{}]\nkey_prefix = \"{prefix}\"\n",
+        urls.join(", ")
+    );
+    let text = config(
+        &upstream,
+        "requests_per_minute = 2\nmax_concurrent = 4",
+        &limits,
+    );
+    let env = warden::config::MapEnv::default().with("TEAM_KEY", KEY);
+    let warden = Warden::start_with_env(&text, env).await;
+    assert_eq!(two_then_refused(&warden).await, [200, 200, 429]);
+    // The key's counters sit on the one node that owns their hash tag.
+    let slot_key = format!("{{{prefix}:team}}:rpm");
+    let holders = nodes
+        .iter()
+        .filter(|n| n.cli(&["exists", &slot_key]).trim() == "1")
+        .count();
+    assert_eq!(holders, 1, "{slot_key} on exactly one node");
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (REDIS_SERVER_BIN); `make test` runs it"]
+async fn redis_sentinel_names_the_primary_that_holds_the_counts() {
+    let primary = OwnRedis::start();
+    // Sentinel rewrites its config file: one of its own, in a folder of its own.
+    static PRIMARY_PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    PRIMARY_PORT.set(primary.port).unwrap();
+    fn sentinel(port: u16, dir: &std::path::Path) -> Vec<String> {
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "bind 127.0.0.1\nport {port}\ndir {}\nsentinel monitor wardenprimary 127.0.0.1 {} 1\n",
+                dir.display(),
+                PRIMARY_PORT.get().unwrap()
+            ),
+        )
+        .unwrap();
+        vec![conf.display().to_string(), "--sentinel".to_owned()]
+    }
+    let sentinel = OwnRedis::start_with(sentinel);
+
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let prefix = prefix("sentinel");
+    let env = warden::config::MapEnv::default().with("TEAM_KEY", KEY);
+    let through_sentinel = format!(
+        "[limits]\nstore = \"redis\"\n[limits.redis]\nsentinels = [\"{}\"]\nsentinel_service = \"wardenprimary\"\nkey_prefix = \"{prefix}\"\n",
+        sentinel.url()
+    );
+    let warden = Warden::start_with_env(
+        &config(&upstream, "requests_per_minute = 2", &through_sentinel),
+        env.clone(),
+    )
+    .await;
+    assert_eq!(two_then_refused(&warden).await, [200, 200, 429]);
+    // A Warden that speaks to the primary directly sees the same count: Sentinel led there.
+    let direct = Warden::start_with_env(
+        &config(
+            &upstream,
+            "requests_per_minute = 2",
+            &redis_limits(&primary.url(), &prefix, ""),
+        ),
+        env,
+    )
+    .await;
+    assert_eq!(two_then_refused(&direct).await, [429, 429, 429]);
+}
