@@ -354,6 +354,17 @@ impl OwnRedis {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Freezes (`STOP`) or thaws (`CONT`) the server: a Redis that holds connections open and
+    /// answers nothing, as a stalled one does.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     fn down(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
@@ -376,7 +387,7 @@ async fn readiness(warden: &Warden) -> (u16, serde_json::Value) {
 
 #[tokio::test]
 #[ignore = "needs redis-server (REDIS_SERVER_BIN); `make test` runs it"]
-async fn with_redis_down_fail_refuses_at_once_and_recovers_by_itself() {
+async fn with_redis_down_or_frozen_fail_refuses_without_waiting_and_recovers_by_itself() {
     let mut redis = OwnRedis::start();
     let upstream = FakeUpstream::start(Flavor::OpenAi).await;
     let text = config(
@@ -426,6 +437,28 @@ async fn with_redis_down_fail_refuses_at_once_and_recovers_by_itself() {
     assert!(
         metrics.contains("warden_limits_store_unavailable_total{outcome=\"refused\"} 3"),
         "{metrics}"
+    );
+
+    // Slow rather than gone: a frozen server keeps the connection and answers nothing. The
+    // call gives up after timeout_ms (200 here) and the requests after it do not wait at all.
+    redis.signal("STOP");
+    let started = Instant::now();
+    let refused = chat_as_team(&address, false).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let waited = started.elapsed();
+    let started = Instant::now();
+    let again = chat_as_team(&address, false).send().await.unwrap();
+    assert_eq!(again.status(), 503);
+    assert!(
+        started.elapsed() < waited,
+        "once found down, no request waits for the store: {:?} then {waited:?}",
+        started.elapsed()
+    );
+    redis.signal("CONT");
+    store_up(&address).await;
+    assert_eq!(
+        chat_as_team(&address, false).send().await.unwrap().status(),
+        200
     );
 }
 
