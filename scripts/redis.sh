@@ -2,7 +2,7 @@
 # Redis for Warden's tests and local runs of the shared limits store (`[limits] store = "redis"`),
 # from Debian's redis-server package (installed with apt-get when missing).
 #
-#   scripts/redis.sh setup              # installs redis-server unless it is there (warm: instant)
+#   scripts/redis.sh setup              # installs redis-server (and openssl) unless there (warm: instant)
 #   scripts/redis.sh paths              # prints REDIS_SERVER_BIN=... for `eval`
 #   scripts/redis.sh start DIR PORT     # redis-server on 127.0.0.1:PORT, no persistence; prints its PID
 #   scripts/redis.sh stop PID           # stops what `start` printed
@@ -27,11 +27,15 @@ as_root() {
 
 server_bin() { command -v redis-server || true; }
 
+# redis-server and redis-cli, and openssl (the TLS test makes its certificates with it).
 setup() {
-  [[ -n "$(server_bin)" && -n "$(command -v redis-cli || true)" ]] && return
-  log "installing redis-server with apt-get"
+  local missing=()
+  [[ -n "$(server_bin)" && -n "$(command -v redis-cli || true)" ]] || missing+=(redis-server)
+  command -v openssl >/dev/null || missing+=(openssl)
+  ((${#missing[@]} == 0)) && return
+  log "installing ${missing[*]} with apt-get"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [[ -n "$(server_bin)" ]] || die "redis-server is still missing after apt-get"
 }
 

@@ -651,3 +651,171 @@ async fn redis_sentinel_names_the_primary_that_holds_the_counts() {
     .await;
     assert_eq!(two_then_refused(&direct).await, [429, 429, 429]);
 }
+
+const TLS_PASSWORD: &str = "redis-test-password-9f2c";
+
+/// A redis-server that speaks TLS only, with a certificate for 127.0.0.1 from a CA of its own
+/// (made here with openssl, in the server's folder) and a password.
+fn tls_server(port: u16, dir: &std::path::Path) -> Vec<String> {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    if !dir.join("server.crt").exists() {
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=warden-test-ca",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+    }
+    let file = |name: &str| dir.join(name).display().to_string();
+    vec![
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--save".into(),
+        String::new(),
+        "--port".into(),
+        "0".into(),
+        "--tls-port".into(),
+        port.to_string(),
+        "--tls-cert-file".into(),
+        file("server.crt"),
+        "--tls-key-file".into(),
+        file("server.key"),
+        "--tls-ca-cert-file".into(),
+        file("ca.crt"),
+        "--tls-auth-clients".into(),
+        "no".into(),
+        "--requirepass".into(),
+        TLS_PASSWORD.into(),
+        "--dir".into(),
+        dir.display().to_string(),
+    ]
+}
+
+async fn limits_readiness(address: &str) -> serde_json::Value {
+    let ready: serde_json::Value = client()
+        .get(format!("http://{address}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    ready["limits"].clone()
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (REDIS_SERVER_BIN) and openssl; `make test` runs it"]
+async fn rediss_verifies_the_servers_certificate_and_sends_the_password_by_reference() {
+    let redis = OwnRedis::start_with(tls_server);
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let limits = format!(
+        "[limits]\nstore = \"redis\"\non_store_unavailable = \"fail\"\n[limits.redis]\nurl = \"rediss://127.0.0.1:{}\"\npassword = \"env:REDIS_PASSWORD\"\nkey_prefix = \"{}\"\n",
+        redis.port,
+        prefix("tls")
+    );
+    let path = temp_config(
+        &format!("tls-{}", redis.port),
+        &config(&upstream, "requests_per_minute = 2", &limits),
+    );
+    let ca = redis.dir.join("ca.crt").display().to_string();
+    let start = |env: &[(&str, &str)]| {
+        let mut all = vec![("RUST_LOG", "info"), ("TEAM_KEY", KEY)];
+        all.extend_from_slice(env);
+        spawn_serving_with(&path, &all)
+    };
+
+    // The server's CA trusted (as a system's roots would hold it) and the right password.
+    let (_trusting, address, _) =
+        start(&[("SSL_CERT_FILE", &ca), ("REDIS_PASSWORD", TLS_PASSWORD)]);
+    store_up(&address).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(chat_as_team(&address, false).send().await.unwrap().status());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+
+    // A certificate nobody vouched for is refused, and so is a wrong password: down, with the
+    // reason, and never the password in it.
+    let empty_roots = redis.dir.join("no-roots.pem");
+    std::fs::write(&empty_roots, "").unwrap();
+    let untrusted = empty_roots.display().to_string();
+    for (env, reason) in [
+        (
+            vec![
+                ("SSL_CERT_FILE", untrusted.as_str()),
+                ("REDIS_PASSWORD", TLS_PASSWORD),
+            ],
+            "certificate",
+        ),
+        (
+            vec![("SSL_CERT_FILE", ca.as_str()), ("REDIS_PASSWORD", "not-it")],
+            "pass",
+        ),
+    ] {
+        let (_refused, address, _) = start(&env);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let limits = loop {
+            let limits = limits_readiness(&address).await;
+            let error = limits["error"].as_str().unwrap_or("").to_lowercase();
+            if error.contains(reason) || Instant::now() > deadline {
+                break limits;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(limits["status"], "down", "{limits}");
+        let error = limits["error"].as_str().unwrap().to_lowercase();
+        assert!(error.contains(reason), "{limits}");
+        assert!(
+            !error.contains(TLS_PASSWORD) && !error.contains("not-it"),
+            "{limits}"
+        );
+        let refused = chat_as_team(&address, false).send().await.unwrap();
+        assert_eq!(refused.status(), 503);
+    }
+}
