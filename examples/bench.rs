@@ -700,13 +700,13 @@ async fn layers_section(upstream_port: u16) {
         .unwrap();
         let shared = warden::SharedState::new(warden::AppState::new(config).unwrap());
         let current = shared.current();
-        let caller = warden::auth::authenticate(
+        let caller = warden::server::auth::authenticate(
             &current.access,
             current.config.server.admin_token.as_ref(),
             Some(&bearer["Bearer ".len()..]),
         )
         .unwrap();
-        let bare = warden::routes::routes()
+        let bare = warden::server::routes::routes()
             .layer(axum::Extension(caller))
             .with_state(shared.clone());
         let layered = warden::build_app(shared);

@@ -44,8 +44,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::{Process, Rng, free_port, pct};
 use warden::config::{Config, MapEnv};
+use warden::knowledge::store::ChunkRow;
 use warden::knowledge::{DEFAULT_TENANT, Document};
-use warden::store::ChunkRow;
 
 const DIMENSION: usize = 384;
 const INSERT_CALL_ROWS: usize = 5_000;
@@ -646,7 +646,7 @@ struct Searches {
 }
 
 async fn searches(
-    store: &warden::store::Store,
+    store: &warden::knowledge::store::Store,
     collection: &str,
     vectors: &[std::sync::Arc<Vec<f32>>],
     seconds: f64,

@@ -36,8 +36,8 @@ use std::path::Path;
 use std::time::Instant;
 use support::{Rng, pct};
 use warden::config::{Config, Fusion, MapEnv, RetrievalMode};
+use warden::knowledge::store::{ChunkRow, Query};
 use warden::knowledge::{DEFAULT_TENANT, Knowledge, fusion_for, select};
-use warden::store::{ChunkRow, Query};
 
 const MODES: [RetrievalMode; 3] = [
     RetrievalMode::Dense,
@@ -161,7 +161,7 @@ impl EvalSet {
 }
 
 /// The rank (1-based) of the expected document among hits, if there.
-fn rank_of(hits: &[warden::store::Hit], doc: &str) -> Option<usize> {
+fn rank_of(hits: &[warden::knowledge::store::Hit], doc: &str) -> Option<usize> {
     hits.iter()
         .position(|h| document_of(&h.source) == doc)
         .map(|i| i + 1)

@@ -29,7 +29,7 @@
 #   stops on SIGINT in ~1-3 s; data in DATA_DIR/milvus.db. Full-text search (BM25) and hybrid search
 #   work, and are fast (C++). But it refuses HNSW ("local mode only support FLAT IVF_FLAT AUTOINDEX")
 #   and fails every filter expression, even `tenant == "x"`, on a collection that has a partition key
-#   ("Invalid expr"): Warden finds both out by itself (src/store/mod.rs) and falls back to AUTOINDEX
+#   ("Invalid expr"): Warden finds both out by itself (src/knowledge/store/mod.rs) and falls back to AUTOINDEX
 #   and a plain tenant field. GetVersion is unimplemented.
 # - Milvus 2.3.5 standalone (the real C++/Go engine, via the `milvus` wheel's launcher): ready in ~3 s
 #   on a fresh DATA_DIR (~270 MB of etcd/rocksmq files each), stops on SIGTERM in ~2 s, ~11 s when a

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ProcessEnv};
 use crate::knowledge::{DEFAULT_TENANT, Knowledge};
-use crate::state::{AppState, SharedState};
+use crate::server::state::{AppState, SharedState};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -216,14 +216,14 @@ where
         Err(code) => return code,
     };
     runtime.block_on(async {
-        let embedder = match crate::embed::Embedder::load(embeddings) {
+        let embedder = match crate::knowledge::embed::Embedder::load(embeddings) {
             Ok(embedder) => std::sync::Arc::new(embedder),
             Err(err) => {
                 report(&format!("embeddings: {err}"));
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        let store = match crate::store::Store::connect(milvus).await {
+        let store = match crate::knowledge::store::Store::connect(milvus).await {
             Ok(store) => std::sync::Arc::new(store),
             Err(err) => {
                 report(&format!("milvus at {}: {err}", milvus.uri));
@@ -444,7 +444,7 @@ fn guard(args: &GuardArgs) -> ExitCode {
             ));
             return ExitCode::from(EXIT_CONFIG);
         };
-        let request_id = crate::request_id::generate();
+        let request_id = crate::server::request_id::generate();
         let judgement = if args.as_output {
             guard
                 .check_output(&policy, &[], &args.text, &request_id)

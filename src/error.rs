@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::backends::UpstreamError;
-use crate::request_id;
+use crate::server::request_id;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

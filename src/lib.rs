@@ -2,24 +2,27 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML file, `WARDEN_...` overrides, strict validation, secrets by reference.
-//! - [`routes`]: the list of paths; [`handlers`]: thin handlers behind them.
-//! - [`pipeline`]: the stages of a chat request, in order, in one place.
+//! The folders follow the request path; the state depends on the parts, never the reverse.
+//!
+//! - [`server`]: the HTTP side — [`server::routes`] (the list of paths), [`server::handlers`]
+//!   (thin handlers behind them), [`server::state`] (what a config generation builds),
+//!   [`server::request_id`], [`server::auth`] (keys and tenants), [`server::limits`] (rate limits,
+//!   counted in the replica or shared by all in Redis), [`server::metrics`], [`server::audit`],
+//!   [`server::extract`] (bodies and their limit), and [`server::layers`], which hands each layer
+//!   its part of the state so that none of them depends on the state that holds them.
+//! - [`chat`]: a chat request — [`chat::pipeline`] (the stages, in order, in one place),
+//!   [`chat::retrieval`] (plan, judge, inject, report), [`chat::relay`] (upstream chunks → OpenAI
+//!   SSE events, with the output guard between), [`chat::note`] (the `warden` object and headers
+//!   that tell the client what happened).
+//! - [`guard`]: safety policies and Llama Guard 3, for input and output.
+//! - [`knowledge`]: ingestion and search, shared by the CLI and the admin routes, over
+//!   [`knowledge::embed`] (embeddings in-process), [`knowledge::store`] (Milvus) and
+//!   [`knowledge::ingest`] (documents to text, text to chunks).
 //! - [`backends`]: Ollama and OpenAI-compatible backends (one file each) and the [`backends::pool`]
 //!   that balances and fails over between them.
-//! - [`relay`]: upstream chunks → OpenAI SSE events, with the output guard between.
-//! - [`guard`]: safety policies and Llama Guard 3, for input and output.
-//! - [`embed`], [`store`], [`ingest`], [`knowledge`]: embeddings in-process, Milvus, document
-//!   ingestion and retrieval.
-//! - [`retrieval`]: the retrieval stage (plan, judge, inject, report).
-//! - [`auth`], [`limits`], [`metrics`], [`audit`]: keys and tenants, rate limits (counted in the
-//!   replica or shared by all in Redis, [`limits::SharedLimits`]), counters,
-//!   the audit log; [`layers`] hands them their parts of the state as the HTTP layers, so none
-//!   of them depends on the state that holds them (no module imports one that imports it).
-//! - [`note`]: the `warden` object and headers that tell the client what happened.
-//! - [`error`]: the one error type and its OpenAI envelope.
-//! - [`request_id`]: `x-request-id` on every response, upstream request and log line.
-//! - [`cli`]: the `warden` command.
+//! - [`config`]: the TOML file, `WARDEN_...` overrides, strict validation, secrets by reference.
+//! - [`types`]: the OpenAI wire types; [`error`]: the one error type and its OpenAI envelope.
+//! - [`cli`]: the `warden` command; [`telemetry`]: logs.
 //!
 //! # Layers
 //!
@@ -28,29 +31,14 @@
 //! caller and its key; 401), metrics (every request counted and timed), rate limits (429/503),
 //! and the state.
 
-pub mod audit;
-pub mod auth;
 pub mod backends;
+pub mod chat;
 pub mod cli;
 pub mod config;
-pub mod embed;
 pub mod error;
-pub mod extract;
 pub mod guard;
-pub mod handlers;
-pub mod ingest;
 pub mod knowledge;
-pub mod layers;
-pub mod limits;
-pub mod metrics;
-pub mod note;
-pub mod pipeline;
-pub mod relay;
-pub mod request_id;
-pub mod retrieval;
-pub mod routes;
-pub mod state;
-pub mod store;
+pub mod server;
 pub mod telemetry;
 pub mod types;
 
@@ -60,8 +48,9 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::extract::BodyLimit;
-pub use crate::state::{AppState, SharedState};
+use crate::server::extract::BodyLimit;
+pub use crate::server::state::{AppState, SharedState};
+use crate::server::{layers, request_id, routes, state};
 
 /// The whole HTTP application, ready to serve or to drive in tests with `oneshot`. The body
 /// limit is the one in force now: it changes at the next start, not on a reload.

@@ -19,7 +19,7 @@ use super::{
     ChunkStream, UpstreamError, UpstreamRequest, error_chain, send, send_error, send_json,
 };
 use crate::config::{BackendConfig, Secret};
-use crate::request_id;
+use crate::server::request_id;
 use crate::types::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, ChunkChoice,
     Delta, FunctionCall, FunctionDelta, MessageContent, Role, ToolCall, ToolCallDelta, Usage,

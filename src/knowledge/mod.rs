@@ -3,16 +3,20 @@
 //! them in Milvus; retrieval embeds a question and searches. The CLI and the admin HTTP routes
 //! both call this module.
 
+pub mod embed;
+pub mod ingest;
+pub mod store;
+
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Fusion, RetrievalConfig, RetrievalMode};
-use crate::embed::{EmbedError, Embedder};
-use crate::ingest::chunk::{ChunkConfig, chunk};
-use crate::ingest::text::{Format, extract, format_of};
-use crate::store::{ChunkRow, CollectionInfo, Hit, Query, Store, StoreError};
+use crate::knowledge::embed::{EmbedError, Embedder};
+use crate::knowledge::ingest::chunk::{ChunkConfig, chunk};
+use crate::knowledge::ingest::text::{Format, extract, format_of};
+use crate::knowledge::store::{ChunkRow, CollectionInfo, Hit, Query, Store, StoreError};
 
 /// The tenant of documents and searches until API keys name one.
 pub const DEFAULT_TENANT: &str = "default";
@@ -407,7 +411,7 @@ impl Knowledge {
 /// identifier, a flag, a version), `shift` of the dense list's weight goes to the keyword list,
 /// for the score-weighted kinds. RRF has no weights and is left as it is.
 pub fn fusion_for(fusion: Fusion, shift: f32, question: &str) -> Fusion {
-    if shift <= 0.0 || !crate::store::identifiers::names_an_identifier(question) {
+    if shift <= 0.0 || !crate::knowledge::store::identifiers::names_an_identifier(question) {
         return fusion;
     }
     let moved = |dense: f32, keyword: f32| {

@@ -171,6 +171,19 @@ async fn a_killed_replica_gives_its_slots_back_when_their_leases_expire() {
         "released when the client left, not by expiry"
     );
 
+    // The slot is back before the client has read the end of the stream: the next request,
+    // sent at once, finds it free.
+    let whole = chat_as_team(&address_a, true).send().await.unwrap();
+    assert!(whole.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    assert_eq!(
+        chat_as_team(&address_b, false)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
     // A request held past the lease's time to live keeps its slot (renewed), until its
     // replica dies; then the slot comes back when the lease expires.
     // A frame a second: the stream outlives twice the lease's time to live (1.5 s) within the

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 use warden::config::{Consistency, Fusion, MilvusConfig, RetrievalMode};
-use warden::store::{Capabilities, ChunkRow, DenseIndex, Query, Store, StoreError};
+use warden::knowledge::store::{Capabilities, ChunkRow, DenseIndex, Query, Store, StoreError};
 
 pub fn milvus_uri() -> String {
     std::env::var("MILVUS_TEST_URI")

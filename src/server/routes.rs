@@ -4,8 +4,10 @@
 use axum::Router;
 use axum::routing::{delete, get, post};
 
-use crate::handlers::{chat, collections, embeddings, fallback, health, models, moderations};
-use crate::state::SharedState;
+use crate::server::handlers::{
+    chat, collections, embeddings, fallback, health, models, moderations,
+};
+use crate::server::state::SharedState;
 
 pub fn routes() -> Router<SharedState> {
     Router::new()

@@ -3,16 +3,16 @@
 
 use std::sync::Arc;
 
-use crate::auth::Caller;
 use crate::backends::pool::ModelRoute;
+use crate::chat::note::{RetrievalNote, Source};
 use crate::config::{OnUnavailable, Placement, RetrievalMode};
 use crate::error::ApiError;
 use crate::guard::policy::Policy;
 use crate::guard::{Decision, Guard};
+use crate::knowledge::store::{StoreError, valid_collection_name};
 use crate::knowledge::{Found, KnowledgeError};
-use crate::note::{RetrievalNote, Source};
-use crate::state::AppState;
-use crate::store::{StoreError, valid_collection_name};
+use crate::server::auth::Caller;
+use crate::server::state::AppState;
 use crate::types::{ChatMessage, ChatRequest, MessageContent, Role, WardenOptions};
 
 /// What to search for one request.

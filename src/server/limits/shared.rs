@@ -527,21 +527,38 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Gives the slot back now, and returns once the store has it (or did not answer in time:
+    /// then the lease expires by itself). A request that ends this way before its client reads
+    /// the end leaves no moment where its next request would find the slot still taken.
+    pub async fn release(mut self) {
+        self.renewal.abort();
+        let (set, id) = (std::mem::take(&mut self.set), std::mem::take(&mut self.id));
+        release(&self.store, &set, &id).await;
+    }
+}
+
+async fn release(store: &Arc<SharedLimits>, set: &str, id: &str) {
+    let mut call = RELEASE_SCRIPT.prepare_invoke();
+    call.key(set).arg(id);
+    let _ = store.call::<i64>(&call).await;
+}
+
 impl Drop for Lease {
+    /// A lease dropped without [`Lease::release`] (the client went away) is given back in the
+    /// background.
     fn drop(&mut self) {
         self.renewal.abort();
+        if self.id.is_empty() {
+            return; // released already
+        }
         let (store, set, id) = (
             self.store.clone(),
             std::mem::take(&mut self.set),
             std::mem::take(&mut self.id),
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let mut call = RELEASE_SCRIPT.prepare_invoke();
-                call.key(&set).arg(&id);
-                // Unreachable now: the lease expires by itself.
-                let _ = store.call::<i64>(&call).await;
-            });
+            runtime.spawn(async move { release(&store, &set, &id).await });
         }
     }
 }

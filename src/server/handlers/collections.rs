@@ -10,13 +10,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::JsonBody;
-use crate::ingest::text::{Format, extract, format_of};
+use crate::knowledge::ingest::text::{Format, extract, format_of};
+use crate::knowledge::store::{StoreError, valid_collection_name};
 use crate::knowledge::{Document, Knowledge, KnowledgeError, doc_id_for};
-use crate::state::{AppState, SharedState};
-use crate::store::{StoreError, valid_collection_name};
+use crate::server::auth::Caller;
+use crate::server::extract::JsonBody;
+use crate::server::state::{AppState, SharedState};
 
 /// An admin caller: a key with `admin = true`, or the `server.admin_token`.
 pub struct Admin(pub Caller);

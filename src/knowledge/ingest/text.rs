@@ -1792,10 +1792,10 @@ mod tests {
 
     #[test]
     fn html_fixture_page_reads_like_a_reader_sees_it() {
-        let html = include_str!("../../tests/fixtures/ingest/page.html");
+        let html = include_str!("../../../tests/fixtures/ingest/page.html");
         let extracted = extract(html, Format::Html);
         assert_eq!(extracted.title.as_deref(), Some("Warden — Getting started"));
-        let expected = include_str!("../../tests/fixtures/ingest/page.txt");
+        let expected = include_str!("../../../tests/fixtures/ingest/page.txt");
         assert_eq!(extracted.text, expected.trim_end());
     }
 

@@ -28,12 +28,12 @@ use std::time::Duration;
 
 use crate::backends::pool::StartedStream;
 use crate::backends::{ChunkStream, UpstreamError};
+use crate::chat::note::Note;
 use crate::error::ApiError;
 use crate::guard::Decision;
 use crate::guard::output::{CheckFuture, OutputModerator, combined_verdict, released_logprobs};
 use crate::guard::policy::StreamMode;
-use crate::metrics::{Metrics, StreamGauge};
-use crate::note::Note;
+use crate::server::metrics::{Metrics, StreamGauge};
 use crate::types::{ChatChunk, ChunkChoice, Delta, Usage, chunk_object};
 use std::sync::Arc;
 use std::time::Instant;
@@ -59,11 +59,11 @@ pub struct RelayOptions {
     pub metrics: Arc<Metrics>,
     /// When the request arrived, for the time to first token.
     pub started: Instant,
-    pub audit: Option<crate::audit::Context>,
+    pub audit: Option<crate::server::audit::Context>,
     /// The caller's key name, for the token counts.
     pub key: String,
     /// The key's token budget, settled with the reported usage at the end.
-    pub limits: Arc<crate::limits::Limits>,
+    pub limits: Arc<crate::server::limits::Limits>,
     pub estimate: u32,
     /// The request's span: the stream's closing line is logged in it.
     pub span: tracing::Span,
@@ -215,9 +215,9 @@ struct Relay {
     first_sent: bool,
     metrics: Arc<Metrics>,
     started: Instant,
-    audit: Option<crate::audit::Context>,
+    audit: Option<crate::server::audit::Context>,
     key: String,
-    limits: Arc<crate::limits::Limits>,
+    limits: Arc<crate::server::limits::Limits>,
     estimate: u32,
     /// Counts the stream as in flight until the relay is dropped.
     _gauge: StreamGauge,
@@ -654,7 +654,7 @@ impl Relay {
 /// One choice's output verdict, with the categories and the text it was judged on.
 fn record_answer(
     metrics: &Metrics,
-    audit: Option<&crate::audit::Context>,
+    audit: Option<&crate::server::audit::Context>,
     answer: &Answer,
     decision: Decision,
 ) {
@@ -672,7 +672,7 @@ fn record_answer(
 /// An output verdict, counted and (unless safe) written to the audit log with the judged text.
 pub fn record_output(
     metrics: &Metrics,
-    audit: Option<&crate::audit::Context>,
+    audit: Option<&crate::server::audit::Context>,
     moderator: &OutputModerator,
     decision: Decision,
     categories: &[String],

@@ -1,7 +1,7 @@
 //! The request path of `POST /v1/chat/completions`, stage by stage. This doc and `chat` below
 //! read in the same order:
 //!
-//! 1. **parse + validate** — the [`JsonBody`](crate::extract::JsonBody) extractor and
+//! 1. **parse + validate** — the [`JsonBody`](crate::server::extract::JsonBody) extractor and
 //!    [`validate`]: malformed JSON or a bad field is a 400 naming the field, a body over the
 //!    limit a 413.
 //! 2. **resolve the model** — the client-facing id to its route of backends and its safety
@@ -14,7 +14,7 @@
 //! 4. **dispatch** — [`Pool`](crate::backends::pool::Pool) picks a backend, fails over before
 //!    the first byte, and waits for the first chunk so that an early failure is a real HTTP
 //!    error.
-//! 5. **relay** — [`relay`](crate::relay) turns upstream chunks into OpenAI SSE events with the
+//! 5. **relay** — [`relay`](crate::chat::relay) turns upstream chunks into OpenAI SSE events with the
 //!    output guard between the two (buffered: nothing is released before it was judged), or
 //!    judges the whole completion before returning it.
 //!
@@ -27,17 +27,17 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::auth::Caller;
 use crate::backends::pool::ModelRoute;
+use crate::chat::note::{GuardNote, Note};
+use crate::chat::relay::{self, RelayOptions, StreamIdentity};
+use crate::chat::retrieval;
 use crate::error::ApiError;
 use crate::guard::output::{OutputModerator, combined_verdict, released_logprobs};
 use crate::guard::policy::{BlockStyle, Policy};
 use crate::guard::{Decision, Guard, request_turns};
-use crate::note::{GuardNote, Note};
-use crate::relay::{self, RelayOptions, StreamIdentity};
-use crate::request_id;
-use crate::retrieval;
-use crate::state::{AppState, unix_now};
+use crate::server::auth::Caller;
+use crate::server::request_id;
+use crate::server::state::{AppState, unix_now};
 use crate::types::{AssistantMessage, ChatCompletion, ChatRequest, Choice, MessageContent, Usage};
 
 pub async fn chat(
@@ -93,7 +93,7 @@ struct Turn {
     include_usage: bool,
     choices: usize,
     guarded: Option<(Arc<Guard>, Arc<Policy>)>,
-    audit: Option<crate::audit::Context>,
+    audit: Option<crate::server::audit::Context>,
     plan: Option<retrieval::Plan>,
     /// The `warden` object, filled as the stages go.
     note: Note,
@@ -125,13 +125,16 @@ fn resolve(state: &AppState, caller: &Caller, request: &mut ChatRequest) -> Resu
             Some((guard.clone(), policy))
         }
     };
-    let audit = state.audit.as_ref().map(|audit| crate::audit::Context {
-        audit: audit.clone(),
-        request_id: request_id.clone(),
-        key: caller.name.clone(),
-        tenant: caller.tenant.clone(),
-        model: route.id.clone(),
-    });
+    let audit = state
+        .audit
+        .as_ref()
+        .map(|audit| crate::server::audit::Context {
+            audit: audit.clone(),
+            request_id: request_id.clone(),
+            key: caller.name.clone(),
+            tenant: caller.tenant.clone(),
+            model: route.id.clone(),
+        });
     let options = request.warden.take().unwrap_or_default();
     let plan = retrieval::plan(state, caller, &route, &options, request)?;
     Ok(Turn {
@@ -392,8 +395,8 @@ async fn moderate_completion(
     completion: &mut ChatCompletion,
     moderator: OutputModerator,
     choices: usize,
-    metrics: &crate::metrics::Metrics,
-    audit: Option<&crate::audit::Context>,
+    metrics: &crate::server::metrics::Metrics,
+    audit: Option<&crate::server::audit::Context>,
 ) -> Option<(Decision, Vec<String>)> {
     completion.choices.retain(|c| (c.index as usize) < choices);
     let mut moderators: Vec<OutputModerator> = Vec::with_capacity(completion.choices.len());

@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, StoreFallback};
 use crate::error::ApiError;
-use crate::metrics::Metrics;
+use crate::server::metrics::Metrics;
 use governor::clock::Clock;
 pub use shared::{Admission, Lease, RateState, SharedLimits, StoreHealth, Tokens, Unavailable};
 
@@ -291,11 +291,26 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
 }
 
 /// What a request holds while it runs: its permits in this replica, its lease in the shared
-/// store. Dropped with the answer, or with the stream's body when it ends or the client leaves.
+/// store. Given back before the client can see the end of the answer (see [`Held::give_back`]),
+/// or dropped with the body when the client leaves first.
 struct Held {
-    _permits: Vec<OwnedSemaphorePermit>,
-    _lease: Option<Lease>,
+    permits: Vec<OwnedSemaphorePermit>,
+    lease: Option<Lease>,
 }
+
+impl Held {
+    /// Releases everything, waiting for the shared store to take the lease back: after this a
+    /// request of the same key finds the slot free.
+    async fn give_back(self) {
+        drop(self.permits);
+        if let Some(lease) = self.lease {
+            lease.release().await;
+        }
+    }
+}
+
+/// The SSE frame that ends every chat stream Warden writes.
+const STREAM_END: &[u8] = b"data: [DONE]\n\n";
 
 /// Takes the permits a request needs (the replica's, the key's) or refuses it; `caller` is the
 /// key name authentication found.
@@ -319,8 +334,8 @@ pub async fn enforce(
         return response;
     };
     let mut held = Held {
-        _permits: vec![global],
-        _lease: None,
+        permits: vec![global],
+        lease: None,
     };
     let mut rate_headers = HeaderMap::new();
     if let Some((name, key)) = caller
@@ -330,8 +345,8 @@ pub async fn enforce(
         match admit(&limits, metrics, name, key).await {
             Ok((headers, permit, lease)) => {
                 rate_headers = headers;
-                held._permits.extend(permit);
-                held._lease = lease;
+                held.permits.extend(permit);
+                held.lease = lease;
             }
             Err(refusal) => return refusal,
         }
@@ -343,16 +358,27 @@ pub async fn enforce(
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if !streaming {
-        // The body is complete in memory: the request is done.
+        // The body is complete in memory: the request is done before the client reads it.
+        held.give_back().await;
         return response;
     }
-    // A stream counts as in flight for as long as it runs: the permits go with its body and
-    // are released when it ends or the client goes away.
+    // A stream counts as in flight for as long as it runs: what it holds goes with its body, is
+    // given back just before the frame that ends it goes out, and is dropped with the body if
+    // the client goes away first.
     let (parts, body) = response.into_parts();
-    let body = Body::from_stream(body.into_data_stream().map(move |chunk| {
-        let _held = &held;
-        chunk
-    }));
+    let body = Body::from_stream(futures_util::stream::unfold(
+        (body.into_data_stream(), Some(held)),
+        |(mut body, mut held)| async move {
+            let chunk = body.next().await?;
+            if let Ok(bytes) = &chunk
+                && bytes.ends_with(STREAM_END)
+                && let Some(held) = held.take()
+            {
+                held.give_back().await;
+            }
+            Some((chunk, (body, held)))
+        },
+    ));
     Response::from_parts(parts, body)
 }
 

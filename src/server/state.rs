@@ -14,15 +14,15 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::audit::Audit;
-use crate::auth::Access;
 use crate::backends::pool::Pool;
 use crate::config::Config;
-use crate::embed::Embedder;
 use crate::guard::Guard;
 use crate::knowledge::Knowledge;
-use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::knowledge::embed::Embedder;
+use crate::knowledge::store::Store;
+use crate::server::audit::Audit;
+use crate::server::auth::Access;
+use crate::server::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::extract::JsonBody;
-use crate::state::AppState;
+use crate::server::extract::JsonBody;
+use crate::server::state::AppState;
 
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingsRequest {

@@ -6,17 +6,17 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::auth::Caller;
-use crate::state::AppState;
+use crate::server::auth::Caller;
+use crate::server::state::AppState;
 
 /// Counts and times every request (outermost of the three: refused keys count too).
 pub async fn count_requests(state: AppState, request: Request, next: Next) -> Response {
-    crate::metrics::count(&state.metrics, request, next).await
+    crate::server::metrics::count(&state.metrics, request, next).await
 }
 
 /// Finds the caller, or answers 401.
 pub async fn authenticate(state: AppState, request: Request, next: Next) -> Response {
-    crate::auth::identify(
+    crate::server::auth::identify(
         &state.access,
         state.config.server.admin_token.as_ref(),
         request,
@@ -31,7 +31,7 @@ pub async fn limit(state: AppState, request: Request, next: Next) -> Response {
         .extensions()
         .get::<Caller>()
         .map(|caller| caller.name.clone());
-    crate::limits::enforce(
+    crate::server::limits::enforce(
         state.access.limits.clone(),
         &state.metrics,
         caller,

@@ -6,7 +6,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::state::AppState;
+use crate::server::state::AppState;
 
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
@@ -114,7 +114,7 @@ pub async fn readyz(state: AppState) -> (StatusCode, Json<Readiness>) {
                         let knowledge = knowledge.clone();
                         tokio::spawn(async move { knowledge.store.full_text().await });
                     }
-                    Ok::<_, crate::store::StoreError>(known)
+                    Ok::<_, crate::knowledge::store::StoreError>(known)
                 })
                 .await,
             ),
@@ -291,7 +291,9 @@ pub async fn metrics(state: AppState) -> impl axum::response::IntoResponse {
         {
             let mut text = state.metrics.render();
             if let Some(store) = state.access.limits.shared() {
-                text.push_str(&crate::metrics::limits_store_gauge(store.health().up));
+                text.push_str(&crate::server::metrics::limits_store_gauge(
+                    store.health().up,
+                ));
             }
             text
         },

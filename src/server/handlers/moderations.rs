@@ -6,10 +6,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
-use crate::extract::JsonBody;
 use crate::guard::Decision;
-use crate::request_id;
-use crate::state::AppState;
+use crate::server::extract::JsonBody;
+use crate::server::request_id;
+use crate::server::state::AppState;
 
 #[derive(Debug, Deserialize)]
 pub struct ModerationRequest {

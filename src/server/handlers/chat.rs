@@ -1,12 +1,12 @@
 use axum::Extension;
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::Caller;
+use crate::chat::pipeline;
 use crate::error::ApiError;
-use crate::extract::JsonBody;
-use crate::metrics::ModelLabel;
-use crate::pipeline;
-use crate::state::AppState;
+use crate::server::auth::Caller;
+use crate::server::extract::JsonBody;
+use crate::server::metrics::ModelLabel;
+use crate::server::state::AppState;
 use crate::types::ChatRequest;
 
 pub async fn completions(

@@ -15,7 +15,7 @@ use crate::config::KeyConfig;
 use crate::config::{Config, Secret};
 use crate::error::ApiError;
 use crate::knowledge::DEFAULT_TENANT;
-use crate::limits::Limits;
+use crate::server::limits::Limits;
 use std::collections::HashMap;
 
 /// The caller of one request, in the request's extensions.
@@ -135,7 +135,7 @@ pub async fn identify(
     match authenticate(access, admin_token, bearer) {
         Ok(caller) => {
             tracing::Span::current().record("key", tracing::field::display(&caller.name));
-            let label = crate::metrics::KeyLabel(caller.name.clone());
+            let label = crate::server::metrics::KeyLabel(caller.name.clone());
             request.extensions_mut().insert(caller);
             let mut response = next.run(request).await;
             response.extensions_mut().insert(label);

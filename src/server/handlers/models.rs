@@ -1,10 +1,10 @@
 use axum::extract::Path;
 use axum::{Extension, Json};
 
-use crate::auth::Caller;
+use crate::server::auth::Caller;
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::server::state::AppState;
 use crate::types::{ModelEntry, ModelList};
 
 fn entry(state: &AppState, id: &str) -> ModelEntry {
