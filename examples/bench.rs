@@ -836,7 +836,7 @@ async fn shared_limits_section(upstream_port: u16, dir: &std::path::Path) {
     }
     println!();
     println!(
-        "redis added: p50 {:.1} µs, p99 {:.1} µs (target: p99 under 1 ms); one script call per request",
+        "redis added: p50 {:.1} µs, p99 {:.1} µs (target: p99 under 1 ms); two script calls per request: the admission, and the lease given back before the answer",
         pct(&times[1], 50.0) - pct(&times[0], 50.0),
         pct(&times[1], 99.0) - pct(&times[0], 99.0)
     );

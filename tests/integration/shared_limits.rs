@@ -55,25 +55,30 @@ fn two_replicas(name: &str, text: &str) -> [(Serving, String); 2] {
     [(a, address_a), (b, address_b)]
 }
 
+/// A Warden in this process for key `team`, its shared store up; and its address.
+async fn team_warden(text: &str) -> (Warden, String) {
+    let warden = Warden::start_with_env(
+        text,
+        warden::config::MapEnv::default().with("TEAM_KEY", KEY),
+    )
+    .await;
+    let address = warden.addr.to_string();
+    store_up(&address).await;
+    (warden, address)
+}
+
 /// Waits until the replica's `/readyz` says the shared store is up (it connects in the
 /// background after start-up).
 async fn store_up(address: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ready: serde_json::Value = client()
-            .get(format!("http://{address}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ready["limits"]["status"] == "up" {
+        let limits = limits_readiness(address).await;
+        if limits["status"] == "up" {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the store never came up: {ready}"
+            "the store never came up: {limits}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -249,18 +254,14 @@ async fn a_keys_token_budget_is_shared_by_the_replicas() {
         "tokens_per_minute = 60",
         &redis_limits(&redis_url(), &prefix("tpm"), ""),
     );
-    let env = warden::config::MapEnv::default().with("TEAM_KEY", KEY);
-    let a = Warden::start_with_env(&text, env.clone()).await;
-    let b = Warden::start_with_env(&text, env).await;
-    let address = |w: &Warden| w.addr.to_string();
-    store_up(&address(&a)).await;
-    store_up(&address(&b)).await;
-    let first = chat_as_team(&address(&a), false).send().await.unwrap();
+    let (_a, a) = team_warden(&text).await;
+    let (_b, b) = team_warden(&text).await;
+    let first = chat_as_team(&a, false).send().await.unwrap();
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["x-ratelimit-limit-tokens"], "60");
     // The usage is settled in the background once the answer is out.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let second = chat_as_team(&address(&b), false).send().await.unwrap();
+    let second = chat_as_team(&b, false).send().await.unwrap();
     assert_eq!(second.status(), 200, "the first usage (41) left room");
     let remaining: u32 = second.headers()["x-ratelimit-remaining-tokens"]
         .to_str()
@@ -272,7 +273,7 @@ async fn a_keys_token_budget_is_shared_by_the_replicas() {
         "B saw what A's request used: {remaining} left of 60"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let third = chat_as_team(&address(&a), false).send().await.unwrap();
+    let third = chat_as_team(&a, false).send().await.unwrap();
     assert_eq!(
         third.status(),
         429,
@@ -408,13 +409,7 @@ async fn with_redis_down_or_frozen_fail_refuses_without_waiting_and_recovers_by_
         "requests_per_minute = 100",
         &redis_limits(&redis.url(), "fail", "on_store_unavailable = \"fail\""),
     );
-    let warden = Warden::start_with_env(
-        &text,
-        warden::config::MapEnv::default().with("TEAM_KEY", KEY),
-    )
-    .await;
-    let address = warden.addr.to_string();
-    store_up(&address).await;
+    let (warden, address) = team_warden(&text).await;
     assert_eq!(
         chat_as_team(&address, false).send().await.unwrap().status(),
         200
@@ -485,13 +480,7 @@ async fn with_redis_down_local_counts_in_the_replica_until_it_is_back() {
         "requests_per_minute = 2",
         &redis_limits(&redis.url(), "local", "on_store_unavailable = \"local\""),
     );
-    let warden = Warden::start_with_env(
-        &text,
-        warden::config::MapEnv::default().with("TEAM_KEY", KEY),
-    )
-    .await;
-    let address = warden.addr.to_string();
-    store_up(&address).await;
+    let (warden, address) = team_warden(&text).await;
     assert_eq!(
         chat_as_team(&address, false).send().await.unwrap().status(),
         200
@@ -543,12 +532,10 @@ async fn with_redis_down_local_counts_in_the_replica_until_it_is_back() {
 }
 
 /// Three rate checks of key `team` (2 per minute) at `warden`: the shared count.
-async fn two_then_refused(warden: &Warden) -> [u16; 3] {
-    let address = warden.addr.to_string();
-    store_up(&address).await;
+async fn two_then_refused(address: &str) -> [u16; 3] {
     let mut statuses = [0; 3];
     for status in &mut statuses {
-        *status = chat_as_team(&address, false)
+        *status = chat_as_team(address, false)
             .send()
             .await
             .unwrap()
@@ -605,9 +592,8 @@ async fn a_redis_cluster_holds_the_shared_counts() {
         "requests_per_minute = 2\nmax_concurrent = 4",
         &limits,
     );
-    let env = warden::config::MapEnv::default().with("TEAM_KEY", KEY);
-    let warden = Warden::start_with_env(&text, env).await;
-    assert_eq!(two_then_refused(&warden).await, [200, 200, 429]);
+    let (_warden, address) = team_warden(&text).await;
+    assert_eq!(two_then_refused(&address).await, [200, 200, 429]);
     // The key's counters sit on the one node that owns their hash tag.
     let slot_key = format!("{{{prefix}:team}}:rpm");
     let holders = nodes
@@ -641,28 +627,25 @@ async fn redis_sentinel_names_the_primary_that_holds_the_counts() {
 
     let upstream = FakeUpstream::start(Flavor::OpenAi).await;
     let prefix = prefix("sentinel");
-    let env = warden::config::MapEnv::default().with("TEAM_KEY", KEY);
     let through_sentinel = format!(
         "[limits]\nstore = \"redis\"\n[limits.redis]\nsentinels = [\"{}\"]\nsentinel_service = \"wardenprimary\"\nkey_prefix = \"{prefix}\"\n",
         sentinel.url()
     );
-    let warden = Warden::start_with_env(
-        &config(&upstream, "requests_per_minute = 2", &through_sentinel),
-        env.clone(),
-    )
+    let (_warden, address) = team_warden(&config(
+        &upstream,
+        "requests_per_minute = 2",
+        &through_sentinel,
+    ))
     .await;
-    assert_eq!(two_then_refused(&warden).await, [200, 200, 429]);
+    assert_eq!(two_then_refused(&address).await, [200, 200, 429]);
     // A Warden that speaks to the primary directly sees the same count: Sentinel led there.
-    let direct = Warden::start_with_env(
-        &config(
-            &upstream,
-            "requests_per_minute = 2",
-            &redis_limits(&primary.url(), &prefix, ""),
-        ),
-        env,
-    )
+    let (_direct, address) = team_warden(&config(
+        &upstream,
+        "requests_per_minute = 2",
+        &redis_limits(&primary.url(), &prefix, ""),
+    ))
     .await;
-    assert_eq!(two_then_refused(&direct).await, [429, 429, 429]);
+    assert_eq!(two_then_refused(&address).await, [429, 429, 429]);
 }
 
 const TLS_PASSWORD: &str = "redis-test-password-9f2c";

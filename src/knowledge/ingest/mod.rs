@@ -1,2 +1,4 @@
 pub mod chunk;
+#[cfg(feature = "ingest-libs")]
+mod libs;
 pub mod text;
