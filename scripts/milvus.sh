@@ -21,8 +21,9 @@
 #   "Finished" but fail in the background (traceback in the log). Full-text search works: a VARCHAR
 #   field with enable_analyzer, a SPARSE_FLOAT_VECTOR field fed by a BM25 Function, index
 #   SPARSE_INVERTED_INDEX with metric BM25 (scores come back negated: best first, most negative).
-#   From milvus-sdk-rust, create indexes asynchronously and poll describe_index (see RECIPES.md;
-#   pymilvus's synchronous create_index works).
+#   From milvus-sdk-rust, create indexes without waiting and poll describe_index: Lite answers
+#   the waiting form with Unimplemented (src/knowledge/store/mod.rs does so; pymilvus's
+#   synchronous create_index works).
 # - Milvus Lite 2.5.1 (the C++ engine of Milvus 2.5 in one process, the last C++ release of Milvus
 #   Lite): the wheel's `milvus_lite/lib/milvus DB_FILE ADDRESS LOG_LEVEL` binary, run here directly
 #   (its Python `Server` wrapper imports pkg_resources, gone from setuptools 81). Ready in ~1 s,

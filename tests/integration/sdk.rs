@@ -1,16 +1,15 @@
-//! The official `openai` Python SDK against Warden: the real client that users point at it.
-//! Needs the project's Python environment; `make test` provides it and runs this test.
+//! The official `openai` SDKs against Warden, the real clients that users point at it: the Python
+//! package (pytest, in the venv of `make sdk-venv`) and the Node package (npm, `make sdk-node`).
 
 use std::process::Command;
 
 use crate::common::*;
 use crate::fake_upstream::{FakeUpstream, Flavor};
 
-#[tokio::test]
-#[ignore = "needs the Python venv with the openai SDK (OPENAI_SDK_PYTHON); `make test` runs it"]
-async fn the_openai_python_sdk_works_against_warden() {
-    let python = std::env::var("OPENAI_SDK_PYTHON")
-        .expect("OPENAI_SDK_PYTHON must point at the venv's python");
+/// Warden in front of a fake Ollama (`llama3.2`, also the guard: "hotwire" is unsafe) and a fake
+/// OpenAI-compatible backend (`llama3.2-vllm`), with the embedding model: what both SDK tests
+/// drive. The fakes are returned too: they must outlive the test.
+async fn sdk_warden() -> (FakeUpstream, FakeUpstream, Warden) {
     let ollama = FakeUpstream::start(Flavor::Ollama).await;
     let openai = FakeUpstream::start(Flavor::OpenAi).await;
     let config = format!(
@@ -40,6 +39,15 @@ async fn the_openai_python_sdk_works_against_warden() {
         ))
     });
     let warden = Warden::start(&config).await;
+    (ollama, openai, warden)
+}
+
+#[tokio::test]
+#[ignore = "needs the Python venv with the openai SDK (OPENAI_SDK_PYTHON); `make test` runs it"]
+async fn the_openai_python_sdk_works_against_warden() {
+    let python = std::env::var("OPENAI_SDK_PYTHON")
+        .expect("OPENAI_SDK_PYTHON must point at the venv's python");
+    let (_ollama, _openai, warden) = sdk_warden().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_openai_sdk.py");
     let expected = fixture_text("ollama/chat_stream.ndjson");
     let output = tokio::task::spawn_blocking(move || {
@@ -59,6 +67,34 @@ async fn the_openai_python_sdk_works_against_warden() {
         "SDK tests failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("passed"), "{stdout}");
+}
+
+#[tokio::test]
+#[ignore = "needs the Node SDK (OPENAI_NODE_MODULES, from `make sdk-node`); `make test` runs it"]
+async fn the_openai_node_sdk_works_against_warden() {
+    let modules = std::env::var("OPENAI_NODE_MODULES")
+        .expect("OPENAI_NODE_MODULES must name the node_modules that `make sdk-node` filled");
+    let (_ollama, _openai, warden) = sdk_warden().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_openai_sdk.mjs");
+    let expected = fixture_text("ollama/chat_stream.ndjson");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .env("WARDEN_BASE_URL", format!("http://{}/v1", warden.addr))
+            .env("WARDEN_EXPECTED_TEXT", expected)
+            .env("OPENAI_NODE_MODULES", modules)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "Node SDK tests failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");
 }
 
 #[tokio::test]
