@@ -42,6 +42,27 @@ async fn sdk_warden() -> (FakeUpstream, FakeUpstream, Warden) {
     (ollama, openai, warden)
 }
 
+/// Runs an SDK's test script against `warden` (its URL and the text the fixture streams in
+/// the environment) and fails the test with its output unless it passed; its stdout.
+async fn run_against(mut command: Command, warden: &Warden) -> String {
+    command
+        .env("WARDEN_BASE_URL", format!("http://{}/v1", warden.addr))
+        .env(
+            "WARDEN_EXPECTED_TEXT",
+            fixture_text("ollama/chat_stream.ndjson"),
+        );
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "SDK tests failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
 #[tokio::test]
 #[ignore = "needs the Python venv with the openai SDK (OPENAI_SDK_PYTHON); `make test` runs it"]
 async fn the_openai_python_sdk_works_against_warden() {
@@ -49,23 +70,9 @@ async fn the_openai_python_sdk_works_against_warden() {
         .expect("OPENAI_SDK_PYTHON must point at the venv's python");
     let (_ollama, _openai, warden) = sdk_warden().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_openai_sdk.py");
-    let expected = fixture_text("ollama/chat_stream.ndjson");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script])
-            .env("WARDEN_BASE_URL", format!("http://{}/v1", warden.addr))
-            .env("WARDEN_EXPECTED_TEXT", expected)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "SDK tests failed:\n{stdout}\n{stderr}"
-    );
+    let mut pytest = Command::new(python);
+    pytest.args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script]);
+    let stdout = run_against(pytest, &warden).await;
     assert!(stdout.contains("passed"), "{stdout}");
 }
 
@@ -75,25 +82,13 @@ async fn the_openai_node_sdk_works_against_warden() {
     let modules = std::env::var("OPENAI_NODE_MODULES")
         .expect("OPENAI_NODE_MODULES must name the node_modules that `make sdk-node` filled");
     let (_ollama, _openai, warden) = sdk_warden().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_openai_sdk.mjs");
-    let expected = fixture_text("ollama/chat_stream.ndjson");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .env("WARDEN_BASE_URL", format!("http://{}/v1", warden.addr))
-            .env("WARDEN_EXPECTED_TEXT", expected)
-            .env("OPENAI_NODE_MODULES", modules)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "Node SDK tests failed:\n{stdout}\n{stderr}"
-    );
+    let mut node = Command::new("node");
+    node.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sdk/test_openai_sdk.mjs"
+    ))
+    .env("OPENAI_NODE_MODULES", modules);
+    let stdout = run_against(node, &warden).await;
     assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");
 }
 

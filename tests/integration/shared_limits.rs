@@ -394,6 +394,27 @@ impl Drop for OwnRedis {
     }
 }
 
+/// A redis-server of the test's own, and a Warden for key `team` (`per_minute` requests) that
+/// counts in it, with `on_store_unavailable = fallback`.
+async fn behind_own_redis(
+    per_minute: u32,
+    fallback: &str,
+) -> (OwnRedis, FakeUpstream, Warden, String) {
+    let redis = OwnRedis::start();
+    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
+    let text = config(
+        &upstream,
+        &format!("requests_per_minute = {per_minute}"),
+        &redis_limits(
+            &redis.url(),
+            &prefix(fallback),
+            &format!("on_store_unavailable = \"{fallback}\""),
+        ),
+    );
+    let (warden, address) = team_warden(&text).await;
+    (redis, upstream, warden, address)
+}
+
 async fn readiness(warden: &Warden) -> (u16, serde_json::Value) {
     let response = warden.get("/readyz").await;
     (response.status().as_u16(), response.json().await.unwrap())
@@ -402,14 +423,7 @@ async fn readiness(warden: &Warden) -> (u16, serde_json::Value) {
 #[tokio::test]
 #[ignore = "needs redis-server (REDIS_SERVER_BIN); `make test` runs it"]
 async fn with_redis_down_or_frozen_fail_refuses_without_waiting_and_recovers_by_itself() {
-    let mut redis = OwnRedis::start();
-    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
-    let text = config(
-        &upstream,
-        "requests_per_minute = 100",
-        &redis_limits(&redis.url(), "fail", "on_store_unavailable = \"fail\""),
-    );
-    let (warden, address) = team_warden(&text).await;
+    let (mut redis, upstream, warden, address) = behind_own_redis(100, "fail").await;
     assert_eq!(
         chat_as_team(&address, false).send().await.unwrap().status(),
         200
@@ -473,14 +487,7 @@ async fn with_redis_down_or_frozen_fail_refuses_without_waiting_and_recovers_by_
 #[tokio::test]
 #[ignore = "needs redis-server (REDIS_SERVER_BIN); `make test` runs it"]
 async fn with_redis_down_local_counts_in_the_replica_until_it_is_back() {
-    let mut redis = OwnRedis::start();
-    let upstream = FakeUpstream::start(Flavor::OpenAi).await;
-    let text = config(
-        &upstream,
-        "requests_per_minute = 2",
-        &redis_limits(&redis.url(), "local", "on_store_unavailable = \"local\""),
-    );
-    let (warden, address) = team_warden(&text).await;
+    let (mut redis, _upstream, warden, address) = behind_own_redis(2, "local").await;
     assert_eq!(
         chat_as_team(&address, false).send().await.unwrap().status(),
         200
