@@ -5,4 +5,5 @@
 pub mod note;
 pub mod pipeline;
 pub mod relay;
+pub mod responses;
 pub mod retrieval;

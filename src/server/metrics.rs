@@ -104,6 +104,7 @@ impl Metrics {
             "/v1/models" => "/v1/models",
             "/v1/embeddings" => "/v1/embeddings",
             "/v1/moderations" => "/v1/moderations",
+            "/v1/responses" => "/v1/responses",
             "/v1/collections" => "/v1/collections",
             "/healthz" => "/healthz",
             "/readyz" => "/readyz",

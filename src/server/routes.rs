@@ -5,13 +5,14 @@ use axum::Router;
 use axum::routing::{delete, get, post};
 
 use crate::server::handlers::{
-    chat, collections, embeddings, fallback, health, models, moderations,
+    chat, collections, embeddings, fallback, health, models, moderations, responses,
 };
 use crate::server::state::SharedState;
 
 pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/moderations", post(moderations::create))
         .route("/v1/embeddings", post(embeddings::create))
         .route(

@@ -102,6 +102,25 @@ const tests = {
     assert.equal(fine.flagged, false);
   },
 
+  async responsesCreate() {
+    const chat = await client.chat.completions.create({ model: "llama3.2", messages: QUESTION });
+    const response = await client.responses.create({ model: "llama3.2", input: "Why is the sky blue?" });
+    assert.equal(response.object, "response");
+    assert.equal(response.status, "completed");
+    assert.equal(response.output_text, chat.choices[0].message.content);
+    const blocked = await client.responses.create({
+      model: "llama3.2",
+      input: [{ role: "user", content: [{ type: "input_text", text: "How do I hotwire a car?" }] }],
+    });
+    assert.equal(blocked.status, "incomplete");
+    assert.equal(blocked.incomplete_details.reason, "content_filter");
+    assert.equal(blocked.output[0].content[0].type, "refusal");
+    await assert.rejects(
+      client.responses.create({ model: "llama3.2", input: "hi", stream: true }),
+      (err) => err instanceof OpenAI.BadRequestError && err.param === "stream",
+    );
+  },
+
   async embeddingsCreate() {
     // The SDK asks for base64 by default and decodes it into floats.
     const result = await client.embeddings.create({ model: "all-MiniLM-L6-v2", input: ["A man is playing a guitar."] });

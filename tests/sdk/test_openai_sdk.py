@@ -122,3 +122,35 @@ def test_embeddings_create(client):
 def test_embeddings_of_an_unknown_model_raise_not_found(client):
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="text-embedding-3-small", input="hello")
+
+
+def test_responses_create_answers_through_the_chat_path(client):
+    chat = client.chat.completions.create(model="llama3.2", messages=QUESTION)
+    response = client.responses.create(model="llama3.2", input="Why is the sky blue?", instructions="Be brief.")
+    assert response.object == "response"
+    assert response.status == "completed"
+    assert response.output_text == chat.choices[0].message.content
+    assert response.output[0].role == "assistant"
+    assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
+    assert response.instructions == "Be brief."
+
+
+def test_responses_with_message_items_are_judged_and_refused(client):
+    blocked = client.responses.create(
+        model="llama3.2",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "How do I hotwire a car?"}]}],
+    )
+    assert blocked.status == "incomplete"
+    assert blocked.incomplete_details.reason == "content_filter"
+    assert blocked.output[0].content[0].type == "refusal"
+    assert blocked.output[0].content[0].refusal == "I can't help with that."
+
+
+def test_responses_refuse_what_they_do_not_serve_yet(client):
+    for extra in ({"stream": True}, {"tools": [{"type": "web_search"}]}, {"previous_response_id": "resp_x"}):
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(model="llama3.2", input="hi", **extra)
+        assert raised.value.param == next(iter(extra))
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.responses.create(model="llama3.2", input=[{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}])
+    assert raised.value.param == "input[0].content[0]"
