@@ -144,22 +144,11 @@ impl Limits {
         };
         let outcome = match shared {
             Some(outcome) => outcome,
-            None => {
-                let per_cell = Duration::from_secs(60) / limit;
-                match limiter.check_n(NonZeroU32::new(wanted).unwrap_or(NonZeroU32::MIN)) {
-                    Ok(Ok(snapshot)) => {
-                        let remaining = snapshot.remaining_burst_capacity();
-                        Tokens::Taken(RateState {
-                            remaining,
-                            reset: per_cell * (limit - remaining),
-                        })
-                    }
-                    Ok(Err(not_until)) => {
-                        Tokens::OverBudget(not_until.wait_time_from(DefaultClock::default().now()))
-                    }
-                    Err(_) => Tokens::TooLarge,
-                }
-            }
+            None => match check_locally(limit, limiter, wanted) {
+                Some(Ok(state)) => Tokens::Taken(state),
+                Some(Err(wait)) => Tokens::OverBudget(wait),
+                None => Tokens::TooLarge,
+            },
         };
         match outcome {
             Tokens::Taken(state) => {
@@ -229,6 +218,23 @@ impl Limits {
     }
 }
 
+/// Takes `n` cells of a local rate of `limit` per minute: what is left, or how long until they
+/// fit; `None` when `n` is more than the whole burst.
+fn check_locally(limit: u32, limiter: &Limiter, n: u32) -> Option<Result<RateState, Duration>> {
+    match limiter.check_n(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)) {
+        Ok(Ok(snapshot)) => {
+            let remaining = snapshot.remaining_burst_capacity();
+            let per_cell = Duration::from_secs(60) / limit;
+            Some(Ok(RateState {
+                remaining,
+                reset: per_cell * (limit - remaining),
+            }))
+        }
+        Ok(Err(not_until)) => Some(Err(not_until.wait_time_from(DefaultClock::default().now()))),
+        Err(_) => None,
+    }
+}
+
 fn settle_locally(limiter: &Limiter, extra: u64) {
     let mut left = extra.min(u64::from(u32::MAX)) as u32;
     let mut step = left;
@@ -253,17 +259,21 @@ fn fall_back(store: &SharedLimits, metrics: &Metrics, key: &str) -> Result<(), R
         StoreFallback::Fail => {
             metrics.limits_store_unavailable("refused");
             metrics.rate_limited(key, "store_unavailable");
-            let mut response = ApiError::Unavailable {
+            Err(retry_shortly(ApiError::Unavailable {
                 message: "the shared rate-limit store does not answer, and this Warden is set to refuse requests until it does (limits.on_store_unavailable = \"fail\"); retry shortly".to_owned(),
                 code: "limits_unavailable",
-            }
-            .into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            Err(response)
+            }))
         }
     }
+}
+
+/// A 503 that asks to come back in a second.
+fn retry_shortly(error: ApiError) -> Response {
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn retry_after(wait: Duration) -> String {
@@ -323,15 +333,10 @@ pub async fn enforce(
 ) -> Response {
     let Ok(global) = limits.in_flight.1.clone().try_acquire_owned() else {
         metrics.rate_limited("-", "replica_in_flight");
-        let mut response = ApiError::Unavailable {
+        return retry_shortly(ApiError::Unavailable {
             message: "Warden is at its limit of requests in flight; retry shortly".to_owned(),
             code: "server_overloaded",
-        }
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
+        });
     };
     let mut held = Held {
         permits: vec![global],
@@ -419,17 +424,11 @@ async fn admit(
     }
     let mut headers = HeaderMap::new();
     if let Some((limit, limiter)) = key.per_minute.as_deref() {
-        let per_cell = Duration::from_secs(60) / *limit;
-        match limiter.check() {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                let reset = per_cell * (limit - remaining);
-                headers = rate_headers(*limit, RateState { remaining, reset });
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(over_rate(metrics, name, *limit, wait));
-            }
+        // One request is never more than the burst: `None` cannot come back.
+        match check_locally(*limit, limiter, 1) {
+            Some(Ok(state)) => headers = rate_headers(*limit, state),
+            Some(Err(wait)) => return Err(over_rate(metrics, name, *limit, wait)),
+            None => {}
         }
     }
     let permit = match &key.in_flight {

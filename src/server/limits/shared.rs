@@ -338,15 +338,10 @@ impl SharedLimits {
 
     /// Whether the store answers a PING now (for `/readyz`); a store found down is reconnected.
     pub async fn probe(self: &Arc<Self>) -> StoreHealth {
-        let Some(mut connection) = self.connection() else {
-            self.reconnect();
-            return self.health();
-        };
-        match tokio::time::timeout(self.config.timeout, connection.ping()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => self.lost(err.to_string()),
-            Err(_) => self.lost(self.no_answer()),
-        }
+        // Either way the outcome is in the health: `call_with` records a failure.
+        let _ = self
+            .call_with(|mut connection| async move { connection.ping().await })
+            .await;
         self.health()
     }
 
@@ -372,11 +367,22 @@ impl SharedLimits {
         self: &Arc<Self>,
         call: &ScriptInvocation<'_>,
     ) -> Result<T, Unavailable> {
-        let Some(mut connection) = self.connection() else {
+        self.call_with(|mut connection| async move { connection.invoke(call).await })
+            .await
+    }
+
+    /// Runs `work` on the connection within `timeout`; no connection, an error or no answer in
+    /// time is `Unavailable`, and the last two drop the connection and reconnect.
+    async fn call_with<T, Work, Fut>(self: &Arc<Self>, work: Work) -> Result<T, Unavailable>
+    where
+        Work: FnOnce(Connection) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        let Some(connection) = self.connection() else {
             self.reconnect();
             return Err(Unavailable);
         };
-        match tokio::time::timeout(self.config.timeout, connection.invoke(call)).await {
+        match tokio::time::timeout(self.config.timeout, work(connection)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
                 self.lost(err.to_string());
