@@ -5,7 +5,6 @@ use crate::chat::pipeline;
 use crate::error::ApiError;
 use crate::server::auth::Caller;
 use crate::server::extract::JsonBody;
-use crate::server::metrics::ModelLabel;
 use crate::server::state::AppState;
 use crate::types::ChatRequest;
 
@@ -14,15 +13,11 @@ pub async fn completions(
     Extension(caller): Extension<Caller>,
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    // Known model ids only: a label per made-up name would grow without bound.
-    let model = match state.pool.route(&request.model) {
-        Some(route) => route.id.clone(),
-        None => "unknown".to_owned(),
-    };
+    let model = super::model_label(&state, Some(&request.model));
     let mut response = match pipeline::chat(state, caller, request).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     };
-    response.extensions_mut().insert(ModelLabel(model));
+    response.extensions_mut().insert(model);
     Ok(response)
 }
