@@ -46,6 +46,16 @@ fn chat_as_team(address: &str, stream: bool) -> reqwest::RequestBuilder {
         .json(&chat_body(stream))
 }
 
+/// The status of one non-streamed chat request as `team`.
+async fn status_as_team(address: &str) -> u16 {
+    chat_as_team(address, false)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Two `warden serve` processes of one config.
 fn two_replicas(name: &str, text: &str) -> [(Serving, String); 2] {
     let path = temp_config(name, text);
@@ -159,11 +169,7 @@ async fn a_killed_replica_gives_its_slots_back_when_their_leases_expire() {
     let mut left = chat_as_team(&address_a, true).send().await.unwrap();
     assert_eq!(left.status(), 200);
     assert_eq!(
-        chat_as_team(&address_b, false)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_as_team(&address_b).await,
         429,
         "the stream on A holds the key's one slot"
     );
@@ -180,14 +186,7 @@ async fn a_killed_replica_gives_its_slots_back_when_their_leases_expire() {
     // sent at once, finds it free.
     let whole = chat_as_team(&address_a, true).send().await.unwrap();
     assert!(whole.text().await.unwrap().ends_with("data: [DONE]\n\n"));
-    assert_eq!(
-        chat_as_team(&address_b, false)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_as_team(&address_b).await, 200);
 
     // A request held past the lease's time to live keeps its slot (renewed), until its
     // replica dies; then the slot comes back when the lease expires.
@@ -198,11 +197,7 @@ async fn a_killed_replica_gives_its_slots_back_when_their_leases_expire() {
     assert_eq!(holding.status(), 200);
     tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(
-        chat_as_team(&address_b, false)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_as_team(&address_b).await,
         429,
         "renewed: held twice its time to live and still held"
     );
@@ -211,11 +206,7 @@ async fn a_killed_replica_gives_its_slots_back_when_their_leases_expire() {
     let killed = Instant::now();
     upstream.script(|s| s.frame_delay = Duration::ZERO);
     assert_eq!(
-        chat_as_team(&address_b, false)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_as_team(&address_b).await,
         429,
         "the dead replica's lease is still there"
     );
@@ -232,7 +223,7 @@ async fn a_killed_replica_gives_its_slots_back_when_their_leases_expire() {
 async fn poll_until_ok(address: &str, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let status = chat_as_team(address, false).send().await.unwrap().status();
+        let status = status_as_team(address).await;
         if status == 200 {
             return started.elapsed();
         }
@@ -424,10 +415,7 @@ async fn readiness(warden: &Warden) -> (u16, serde_json::Value) {
 #[ignore = "needs redis-server (REDIS_SERVER_BIN); `make test` runs it"]
 async fn with_redis_down_or_frozen_fail_refuses_without_waiting_and_recovers_by_itself() {
     let (mut redis, upstream, warden, address) = behind_own_redis(100, "fail").await;
-    assert_eq!(
-        chat_as_team(&address, false).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(status_as_team(&address).await, 200);
 
     redis.down();
     // The client's own timeout (10 s) is the hang detector: each answer comes at once.
@@ -448,10 +436,7 @@ async fn with_redis_down_or_frozen_fail_refuses_without_waiting_and_recovers_by_
 
     redis.up();
     store_up(&address).await;
-    assert_eq!(
-        chat_as_team(&address, false).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(status_as_team(&address).await, 200);
     let (status, _) = readiness(&warden).await;
     assert_eq!(status, 200);
     let metrics = warden.get("/metrics").await.text().await.unwrap();
@@ -478,41 +463,25 @@ async fn with_redis_down_or_frozen_fail_refuses_without_waiting_and_recovers_by_
     );
     redis.signal("CONT");
     store_up(&address).await;
-    assert_eq!(
-        chat_as_team(&address, false).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(status_as_team(&address).await, 200);
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server (REDIS_SERVER_BIN); `make test` runs it"]
 async fn with_redis_down_local_counts_in_the_replica_until_it_is_back() {
     let (mut redis, _upstream, warden, address) = behind_own_redis(2, "local").await;
+    assert_eq!(status_as_team(&address).await, 200);
+    assert_eq!(status_as_team(&address).await, 200);
     assert_eq!(
-        chat_as_team(&address, false).send().await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        chat_as_team(&address, false).send().await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        chat_as_team(&address, false).send().await.unwrap().status(),
+        status_as_team(&address).await,
         429,
         "the shared count: 2 per minute"
     );
 
     redis.down();
     // This replica's own counters, fresh: two more, then its own limit.
-    let statuses: Vec<u16> = futures_util::future::join_all((0..3).map(|_| async {
-        chat_as_team(&address, false)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }))
-    .await;
+    let statuses: Vec<u16> =
+        futures_util::future::join_all((0..3).map(|_| status_as_team(&address))).await;
     let mut sorted = statuses.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, [200, 200, 429], "{statuses:?}");
@@ -531,9 +500,9 @@ async fn with_redis_down_local_counts_in_the_replica_until_it_is_back() {
     redis.up();
     store_up(&address).await;
     let statuses = [
-        chat_as_team(&address, false).send().await.unwrap().status(),
-        chat_as_team(&address, false).send().await.unwrap().status(),
-        chat_as_team(&address, false).send().await.unwrap().status(),
+        status_as_team(&address).await,
+        status_as_team(&address).await,
+        status_as_team(&address).await,
     ];
     assert_eq!(statuses, [200, 200, 429]);
 }
@@ -542,12 +511,7 @@ async fn with_redis_down_local_counts_in_the_replica_until_it_is_back() {
 async fn two_then_refused(address: &str) -> [u16; 3] {
     let mut statuses = [0; 3];
     for status in &mut statuses {
-        *status = chat_as_team(address, false)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
+        *status = status_as_team(address).await;
     }
     statuses
 }
@@ -779,7 +743,7 @@ async fn rediss_verifies_the_servers_certificate_and_sends_the_password_by_refer
     store_up(&address).await;
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        statuses.push(chat_as_team(&address, false).send().await.unwrap().status());
+        statuses.push(status_as_team(&address).await);
     }
     assert_eq!(statuses, [200, 200, 429]);
 
