@@ -20,14 +20,11 @@ out="${2:-${WARDEN_CACHE:-$HOME/.cache/warden}/eval-corpus-$set_name}"
 docs="${EVAL_PYDOC:-/usr/share/doc/python3.11/html}"
 package=python3.11-doc
 
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
+source "$here/apt.sh"
 
 if [[ ! -d "$docs/library" ]]; then
   echo "eval-corpus-pydoc: installing $package with apt-get (the pages of $docs)" >&2
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
+  apt_install "$package"
 fi
 
 mapfile -t pages < <(grep -v '^\s*\(#\|$\)' "$list")

@@ -42,16 +42,7 @@ TMP_DIRS=()
 cleanup() { ((${#TMP_DIRS[@]} == 0)) || rm -rf "${TMP_DIRS[@]}"; }
 trap cleanup EXIT
 
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then
-    "$@"
-  elif command -v sudo >/dev/null; then
-    sudo "$@"
-  else
-    log "need root to run: $*" >&2
-    exit 1
-  fi
-}
+source "$(dirname "$0")/apt.sh"
 
 # cmake and ninja from Debian, installed only when missing.
 ensure_build_tools() {
@@ -63,8 +54,7 @@ ensure_build_tools() {
     return
   fi
   log "build tools: installing ${missing[*]} with apt-get"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_install "${missing[@]}"
 }
 
 # A venv under the cache, only for pip.

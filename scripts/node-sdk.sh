@@ -8,11 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:?usage: scripts/node-sdk.sh DIR}
 
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+source scripts/apt.sh
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "node-sdk.sh: installing nodejs and npm with apt-get" >&2
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  apt_install nodejs npm
 fi
 mkdir -p "$dir"
 cp tests/sdk/node/package.json tests/sdk/node/package-lock.json "$dir/"

@@ -15,15 +15,7 @@ log() { echo "redis.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then
-    "$@"
-  elif command -v sudo >/dev/null; then
-    sudo "$@"
-  else
-    die "need root to run: $*"
-  fi
-}
+source "$(dirname "$0")/apt.sh"
 
 server_bin() { command -v redis-server || true; }
 
@@ -34,8 +26,7 @@ setup() {
   command -v openssl >/dev/null || missing+=(openssl)
   ((${#missing[@]} == 0)) && return
   log "installing ${missing[*]} with apt-get"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_install "${missing[@]}"
   [[ -n "$(server_bin)" ]] || die "redis-server is still missing after apt-get"
 }
 
