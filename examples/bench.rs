@@ -233,12 +233,101 @@ async fn orchestrate() {
         d.errors,
         w.errors
     );
+    responses_section(
+        &client,
+        &through,
+        rates.first().copied().unwrap_or(500),
+        streams_per_sec,
+        seconds,
+    )
+    .await;
     drop(warden);
     guard_section(&client, &warden_bin, &dir, upstream_port, seconds).await;
     keys_section(&warden_bin, &dir, upstream_port, seconds).await;
     layers_section(upstream_port).await;
     shared_limits_section(upstream_port, &dir).await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The Responses API against chat completions through the same Warden: what the translation
+/// (request in, `Response` object or events out) adds.
+async fn responses_section(
+    client: &reqwest::Client,
+    chat_url: &str,
+    rate: u64,
+    streams_per_sec: u64,
+    seconds: u64,
+) {
+    let responses_url = chat_url.replace("/chat/completions", "/responses");
+    let question = "Why is the sky blue?";
+    let chat = Arc::new(
+        serde_json::json!({"model": "llama3.2", "messages": [{"role": "user", "content": question}]})
+            .to_string(),
+    );
+    let response = Arc::new(
+        serde_json::json!({"model": "llama3.2", "input": question, "store": false}).to_string(),
+    );
+    println!();
+    println!(
+        "## Responses API: /v1/responses against /v1/chat/completions through the same Warden"
+    );
+    println!();
+    println!("| request | path | n | errors | p50 (ms) | p99 (ms) |");
+    println!("|---|---|---|---|---|---|");
+    let _ = open_loop(client, chat_url, &chat, rate, 1).await;
+    let c = open_loop(client, chat_url, &chat, rate, seconds).await;
+    let _ = open_loop(client, &responses_url, &response, rate, 1).await;
+    let r = open_loop(client, &responses_url, &response, rate, seconds).await;
+    for (path, run) in [("chat", &c), ("responses", &r)] {
+        println!(
+            "| {rate} req/s, whole | {path} | {} | {} | {:.3} | {:.3} |",
+            run.latencies.len(),
+            run.errors,
+            pct(&run.latencies, 50.0),
+            pct(&run.latencies, 99.0)
+        );
+    }
+    let with_stream = |body: &Arc<String>| {
+        let mut value: serde_json::Value = serde_json::from_str(body).unwrap();
+        value["stream"] = serde_json::json!(true);
+        Arc::new(value.to_string())
+    };
+    let (chat_stream, response_stream) = (with_stream(&chat), with_stream(&response));
+    let _ = streams(client, chat_url, &chat_stream, streams_per_sec, 1).await;
+    let cs = streams(client, chat_url, &chat_stream, streams_per_sec, seconds).await;
+    let _ = streams(client, &responses_url, &response_stream, streams_per_sec, 1).await;
+    let rs = streams(
+        client,
+        &responses_url,
+        &response_stream,
+        streams_per_sec,
+        seconds,
+    )
+    .await;
+    for (path, run) in [("chat", &cs), ("responses", &rs)] {
+        println!(
+            "| {streams_per_sec} streams/s, first byte | {path} | {} | {} | {:.3} | {:.3} |",
+            run.ttfb.len(),
+            run.errors,
+            pct(&run.ttfb, 50.0),
+            pct(&run.ttfb, 99.0)
+        );
+        println!(
+            "| {streams_per_sec} streams/s, chunk delivery | {path} | {} | {} | {:.3} | {:.3} |",
+            run.chunk_delay.len(),
+            run.errors,
+            pct(&run.chunk_delay, 50.0),
+            pct(&run.chunk_delay, 99.0)
+        );
+    }
+    println!();
+    println!(
+        "responses added, whole: p50 {:.3} ms, p99 {:.3} ms; streamed chunk delivery: p50 {:.3} ms, p99 {:.3} ms",
+        pct(&r.latencies, 50.0) - pct(&c.latencies, 50.0),
+        pct(&r.latencies, 99.0) - pct(&c.latencies, 99.0),
+        pct(&rs.chunk_delay, 50.0) - pct(&cs.chunk_delay, 50.0),
+        pct(&rs.chunk_delay, 99.0) - pct(&cs.chunk_delay, 99.0),
+    );
 }
 
 /// Starts `warden serve` in front of the fake upstream, with a guard policy when given.
@@ -547,7 +636,11 @@ async fn one_stream(
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let event: String = buffer.drain(..end + 2).collect();
-            let data = event.trim().strip_prefix("data: ").unwrap_or("");
+            // A Responses API event has an `event:` line before its data.
+            let data = event
+                .lines()
+                .find_map(|line| line.strip_prefix("data: "))
+                .unwrap_or("");
             if data == "[DONE]" {
                 done = true;
                 continue;
@@ -556,10 +649,14 @@ async fn one_stream(
                 Ok(v) => v,
                 Err(_) => continue,
             };
-            if let Some(sent) = value["choices"][0]["delta"]["content"]
-                .as_str()
-                .and_then(|s| s.parse::<u128>().ok())
-            {
+            if value["type"] == "response.completed" {
+                done = true;
+            }
+            let piece = match value["type"].as_str() {
+                Some("response.output_text.delta") => value["delta"].as_str(),
+                _ => value["choices"][0]["delta"]["content"].as_str(),
+            };
+            if let Some(sent) = piece.and_then(|s| s.parse::<u128>().ok()) {
                 delays.push(arrived.saturating_sub(sent) as f64 / 1e6);
             }
         }

@@ -338,6 +338,11 @@ pub async fn send_json(
 }
 
 /// Turns a reqwest error from sending a request into the matching [`UpstreamError`].
+/// A tool call id of OpenAI's shape, for a backend (or a translation) that gives none.
+pub fn tool_call_id() -> String {
+    format!("call_{}", uuid::Uuid::new_v4().simple())
+}
+
 pub fn send_error(backend: &str, err: &reqwest::Error) -> UpstreamError {
     if err.is_timeout() {
         UpstreamError::Timeout {

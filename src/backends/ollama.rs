@@ -483,10 +483,6 @@ fn usage(parsed: &OllamaChatResponse) -> Option<Usage> {
     })
 }
 
-fn tool_call_id() -> String {
-    format!("call_{}", uuid::Uuid::new_v4().simple())
-}
-
 fn arguments_text(arguments: &Value) -> String {
     match arguments {
         Value::String(text) => text.clone(),
@@ -502,7 +498,7 @@ fn completion_from(parsed: OllamaChatResponse, model: &str) -> ChatCompletion {
         .tool_calls
         .iter()
         .map(|call| ToolCall {
-            id: Some(call.id.clone().unwrap_or_else(tool_call_id)),
+            id: Some(call.id.clone().unwrap_or_else(super::tool_call_id)),
             kind: "function".to_owned(),
             function: FunctionCall {
                 name: call.function.name.clone(),
@@ -578,7 +574,7 @@ impl StreamTranslator {
                 self.tool_calls += 1;
                 ToolCallDelta {
                     index,
-                    id: Some(call.id.clone().unwrap_or_else(tool_call_id)),
+                    id: Some(call.id.clone().unwrap_or_else(super::tool_call_id)),
                     kind: Some("function".to_owned()),
                     function: Some(FunctionDelta {
                         name: Some(call.function.name.clone()),

@@ -24,13 +24,15 @@
 //! guard call in flight with it.
 
 use axum::Json;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::backends::pool::ModelRoute;
 use crate::chat::note::{GuardNote, Note};
-use crate::chat::relay::{self, RelayOptions, StreamIdentity};
+use crate::chat::relay::{self, FrameStream, RelayOptions, StreamIdentity};
 use crate::chat::retrieval;
 use crate::error::ApiError;
 use crate::guard::output::{OutputModerator, combined_verdict, released_logprobs};
@@ -44,8 +46,18 @@ use crate::types::{AssistantMessage, ChatCompletion, ChatRequest, Choice, Messag
 pub async fn chat(
     state: AppState,
     caller: Caller,
-    mut request: ChatRequest,
+    request: ChatRequest,
 ) -> Result<Response, ApiError> {
+    Ok(run(state, caller, request).await?.into_response())
+}
+
+/// The stages, in order; what they answered before it is written. The chat route writes it as
+/// a chat completion (JSON or SSE), the Responses API as its own objects and events.
+pub async fn run(
+    state: AppState,
+    caller: Caller,
+    mut request: ChatRequest,
+) -> Result<Outcome, ApiError> {
     // 1. parse + validate
     validate(&request)?;
 
@@ -71,17 +83,103 @@ pub async fn chat(
         .await
     {
         Ok(headers) => headers,
-        Err(refusal) => return Ok(refusal),
+        Err(refusal) => return Ok(Outcome::answered(refusal)),
     };
 
     // 4. dispatch, and 5. relay
-    let mut response = if request.is_stream() {
+    let mut outcome = if request.is_stream() {
         stream(&state, &caller, turn, request, moderator, estimate).await?
     } else {
         complete(&state, &caller, turn, request, moderator, estimate).await?
     };
-    response.headers_mut().extend(token_headers);
-    Ok(response)
+    outcome.headers.extend(token_headers);
+    Ok(outcome)
+}
+
+/// What the pipeline answered, with the headers that go with it (`x-warden-*`, the token
+/// budget's).
+pub struct Outcome {
+    pub headers: HeaderMap,
+    pub answer: Answer,
+}
+
+pub enum Answer {
+    /// A whole completion, judged.
+    Complete(Box<ChatCompletion>),
+    /// The relay's frames: chunks released by the output guard, then the end.
+    Stream {
+        frames: FrameStream,
+        keep_alive: Duration,
+        /// What a choice the output guard stopped is replaced by.
+        refusal: Option<String>,
+    },
+    /// The input was blocked and the policy answers with its refusal.
+    Refused(Refusal),
+    /// Already an HTTP answer: a refusal of the limits, a `content_filter` error.
+    Response(Response),
+}
+
+pub struct Refusal {
+    pub text: String,
+    /// The `warden` object (the input verdict).
+    pub warden: Value,
+    pub identity: StreamIdentity,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl Outcome {
+    fn answered(response: Response) -> Outcome {
+        Outcome {
+            headers: HeaderMap::new(),
+            answer: Answer::Response(response),
+        }
+    }
+}
+
+impl Refusal {
+    /// The refusal as a whole chat completion, finished by `content_filter`.
+    pub fn completion(&self) -> ChatCompletion {
+        ChatCompletion {
+            id: self.identity.id.clone(),
+            object: "chat.completion".to_owned(),
+            created: self.identity.created,
+            model: self.identity.model.clone(),
+            choices: vec![Choice {
+                index: 0,
+                message: AssistantMessage::text(&self.text),
+                finish_reason: Some("content_filter".to_owned()),
+                ..Default::default()
+            }],
+            usage: Some(Usage::default()),
+            warden: Some(self.warden.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        let mut response = match self.answer {
+            Answer::Complete(completion) => Json(completion).into_response(),
+            Answer::Stream {
+                frames, keep_alive, ..
+            } => relay::sse(frames, keep_alive),
+            Answer::Refused(refusal) if refusal.stream => relay::sse(
+                relay::refusal_frames(
+                    &refusal.identity,
+                    &refusal.text,
+                    refusal.warden,
+                    refusal.include_usage,
+                ),
+                Duration::from_secs(15),
+            ),
+            Answer::Refused(refusal) => Json(refusal.completion()).into_response(),
+            Answer::Response(response) => response,
+        };
+        response.headers_mut().extend(self.headers);
+        response
+    }
 }
 
 /// What one chat request carries from stage to stage.
@@ -161,7 +259,7 @@ async fn pre_dispatch(
     caller: &Caller,
     turn: &mut Turn,
     request: &mut ChatRequest,
-) -> Result<Option<Response>, ApiError> {
+) -> Result<Option<Outcome>, ApiError> {
     let metrics = &state.metrics;
     let span = &turn.span;
     let guarded = &turn.guarded;
@@ -291,7 +389,7 @@ async fn stream(
     request: ChatRequest,
     moderator: Option<OutputModerator>,
     estimate: u32,
-) -> Result<Response, ApiError> {
+) -> Result<Outcome, ApiError> {
     let metrics = &state.metrics;
     let dispatched = Instant::now();
     let started = state
@@ -303,9 +401,11 @@ async fn stream(
     turn.span.record("backend", started.backend.as_str());
     turn.span
         .record("upstream_us", micros(dispatched.elapsed()));
-    let mut headers = axum::http::HeaderMap::new();
+    let mut headers = HeaderMap::new();
     turn.note.headers(&mut headers);
-    let mut response = relay::sse(
+    let keep_alive = relay::keep_alive(state.config.server.sse_keep_alive, moderator.is_some());
+    let refusal = moderator.as_ref().map(|m| m.policy.refusal.clone());
+    let frames = relay::frames(
         started,
         RelayOptions {
             identity: turn.identity,
@@ -324,8 +424,14 @@ async fn stream(
             span: turn.span.clone(),
         },
     );
-    response.headers_mut().extend(headers);
-    Ok(response)
+    Ok(Outcome {
+        headers,
+        answer: Answer::Stream {
+            frames,
+            keep_alive,
+            refusal,
+        },
+    })
 }
 
 /// Stages 4 and 5, not streamed: the whole completion, judged before it goes out.
@@ -336,7 +442,7 @@ async fn complete(
     request: ChatRequest,
     moderator: Option<OutputModerator>,
     estimate: u32,
-) -> Result<Response, ApiError> {
+) -> Result<Outcome, ApiError> {
     let metrics = &state.metrics;
     let dispatched = Instant::now();
     let (mut completion, backend) = state
@@ -383,9 +489,12 @@ async fn complete(
     if !turn.note.is_empty() {
         completion.warden = Some(turn.note.json());
     }
-    let mut response = Json(completion).into_response();
-    turn.note.headers(response.headers_mut());
-    Ok(response)
+    let mut headers = HeaderMap::new();
+    turn.note.headers(&mut headers);
+    Ok(Outcome {
+        headers,
+        answer: Answer::Complete(Box::new(completion)),
+    })
 }
 
 /// Judges every choice of a non-streamed answer as an answer of its own, all at the same time;
@@ -491,39 +600,28 @@ fn refuse(
     identity: StreamIdentity,
     stream: bool,
     include_usage: bool,
-) -> Response {
+) -> Outcome {
     let categories = note
         .guard
         .as_ref()
         .and_then(|g| g.input.as_ref())
         .map(|(_, c)| c.clone())
         .unwrap_or_default();
-    let mut response = match policy.on_block {
-        BlockStyle::Error => ApiError::ContentFilter { categories }.into_response(),
-        BlockStyle::Refusal if stream => {
-            relay::refusal_sse(identity, &policy.refusal, note.json(), include_usage)
+    let answer = match policy.on_block {
+        BlockStyle::Error => {
+            Answer::Response(ApiError::ContentFilter { categories }.into_response())
         }
-        BlockStyle::Refusal => {
-            let mut completion = ChatCompletion {
-                id: identity.id,
-                object: "chat.completion".to_owned(),
-                created: identity.created,
-                model: identity.model,
-                choices: vec![Choice {
-                    index: 0,
-                    message: AssistantMessage::text(&policy.refusal),
-                    finish_reason: Some("content_filter".to_owned()),
-                    ..Default::default()
-                }],
-                usage: Some(Usage::default()),
-                ..Default::default()
-            };
-            completion.warden = Some(note.json());
-            Json(completion).into_response()
-        }
+        BlockStyle::Refusal => Answer::Refused(Refusal {
+            text: policy.refusal.clone(),
+            warden: note.json(),
+            identity,
+            stream,
+            include_usage,
+        }),
     };
-    note.headers(response.headers_mut());
-    response
+    let mut headers = HeaderMap::new();
+    note.headers(&mut headers);
+    Outcome { headers, answer }
 }
 
 /// The most choices (`n`) one request may ask for, as OpenAI allows.

@@ -74,15 +74,56 @@ pub struct RelayOptions {
 /// text makes that happen within a second, which drops the upstream request and guard calls.
 pub const HOLD_HEARTBEAT: Duration = Duration::from_millis(250);
 
-pub fn sse(started: StartedStream, options: RelayOptions) -> Response {
-    let keep_alive = match &options.moderator {
-        Some(_) => options.keep_alive.min(HOLD_HEARTBEAT),
-        None => options.keep_alive,
-    };
-    sse_response(events(started.first, started.rest, options), keep_alive)
+/// What the relay lets out, in order: chat chunks, an error that ended the stream, and the end.
+/// [`sse`] writes them as chat completion SSE; the Responses API writes them as its own events.
+#[derive(Debug)]
+pub enum Frame {
+    Chunk(Box<ChatChunk>),
+    /// An error envelope (`{"error": ...}`): the stream failed after it began.
+    Error(crate::error::ErrorBody),
+    Done,
 }
 
-fn sse_response<S>(events: S, keep_alive: Duration) -> Response
+impl Frame {
+    fn chunk(chunk: ChatChunk) -> Frame {
+        Frame::Chunk(Box::new(chunk))
+    }
+}
+
+pub type FrameStream = futures_util::stream::BoxStream<'static, Frame>;
+
+/// How often a stream sends a keep-alive comment: more often while a moderator holds text.
+pub fn keep_alive(configured: Duration, moderated: bool) -> Duration {
+    if moderated {
+        configured.min(HOLD_HEARTBEAT)
+    } else {
+        configured
+    }
+}
+
+/// The relay's frames for one started stream.
+pub fn frames(started: StartedStream, options: RelayOptions) -> FrameStream {
+    events(started.first, started.rest, options).boxed()
+}
+
+/// Frames as chat completion SSE: each chunk a `data:` event, an error its envelope, the end
+/// `data: [DONE]`.
+pub fn sse(frames: FrameStream, keep_alive: Duration) -> Response {
+    sse_response(
+        frames.map(|frame| {
+            Ok(match frame {
+                Frame::Chunk(chunk) => json_event(&chunk),
+                Frame::Error(body) => json_event(&body),
+                Frame::Done => Event::default().data("[DONE]"),
+            })
+        }),
+        keep_alive,
+    )
+}
+
+/// An SSE response over any event stream, with the keep-alive and the header that stops proxies
+/// from buffering it.
+pub fn sse_response<S>(events: S, keep_alive: Duration) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
@@ -97,14 +138,14 @@ where
 }
 
 /// A refused request, streamed: the refusal, a `content_filter` finish, usage if asked, `[DONE]`.
-pub fn refusal_sse(
-    identity: StreamIdentity,
+pub fn refusal_frames(
+    identity: &StreamIdentity,
     refusal: &str,
     warden: Value,
     include_usage: bool,
-) -> Response {
+) -> FrameStream {
     let mut first = chunk(
-        &identity,
+        identity,
         Delta {
             role: Some("assistant".to_owned()),
             content: Some(refusal.to_owned()),
@@ -113,18 +154,15 @@ pub fn refusal_sse(
         None,
     );
     first.warden = Some(warden);
-    let mut events = vec![
-        json_event(&first),
-        json_event(&chunk(&identity, Delta::default(), Some("content_filter"))),
+    let mut frames = vec![
+        Frame::chunk(first),
+        Frame::chunk(chunk(identity, Delta::default(), Some("content_filter"))),
     ];
     if include_usage {
-        events.push(json_event(&usage_chunk(&identity, Usage::default())));
+        frames.push(Frame::chunk(usage_chunk(identity, Usage::default())));
     }
-    events.push(Event::default().data("[DONE]"));
-    sse_response(
-        futures_util::stream::iter(events.into_iter().map(Ok)),
-        Duration::from_secs(15),
-    )
+    frames.push(Frame::Done);
+    futures_util::stream::iter(frames).boxed()
 }
 
 fn chunk(identity: &StreamIdentity, delta: Delta, finish_reason: Option<&str>) -> ChatChunk {
@@ -246,11 +284,11 @@ enum Next {
 }
 
 /// The event stream: the first chunk (already received), the rest, then usage and `[DONE]`.
-pub fn events(
+fn events(
     first: ChatChunk,
     rest: ChunkStream,
     options: RelayOptions,
-) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+) -> impl Stream<Item = Frame> + Send + 'static {
     let moderation = options.moderator.map(|moderator| {
         let mut answers = Vec::with_capacity(options.choices.max(1));
         for _ in 1..options.choices {
@@ -293,12 +331,12 @@ pub fn events(
             }
         }
     })
-    .flat_map(|events| futures_util::stream::iter(events.into_iter().map(Ok)))
+    .flat_map(futures_util::stream::iter)
 }
 
 impl Relay {
     /// Advances by one upstream chunk or one finished check; returns what may go out now.
-    async fn step(&mut self) -> Vec<Event> {
+    async fn step(&mut self) -> Vec<Frame> {
         let next = if let Some(chunk) = self.pending.take() {
             Next::Upstream(Some(Ok(chunk)))
         } else {
@@ -340,13 +378,13 @@ impl Relay {
                 self.log_end("upstream_failed", None);
                 // Held text was never judged: it is dropped with the stream.
                 let body = ApiError::Upstream(err).body(&self.request_id);
-                vec![json_event(&body), Event::default().data("[DONE]")]
+                vec![Frame::Error(body), Frame::Done]
             }
             Next::Upstream(None) => self.on_end().await,
         }
     }
 
-    async fn on_chunk(&mut self, mut chunk: ChatChunk) -> Vec<Event> {
+    async fn on_chunk(&mut self, mut chunk: ChatChunk) -> Vec<Frame> {
         if let Some(usage) = chunk.usage.take() {
             self.usage = Some(usage);
         }
@@ -382,7 +420,7 @@ impl Relay {
     }
 
     /// A chunk of one choice, under moderation.
-    async fn on_choice(&mut self, mut chunk: ChatChunk) -> Vec<Event> {
+    async fn on_choice(&mut self, mut chunk: ChatChunk) -> Vec<Frame> {
         let Some(moderation) = self.moderation.as_mut() else {
             return Vec::new();
         };
@@ -440,7 +478,7 @@ impl Relay {
         }
     }
 
-    async fn on_end(&mut self) -> Vec<Event> {
+    async fn on_end(&mut self) -> Vec<Frame> {
         let mut events = Vec::new();
         let mut output = None;
         if let Some(moderation) = self.moderation.as_mut() {
@@ -491,9 +529,9 @@ impl Relay {
         if self.include_usage
             && let Some(usage) = self.usage
         {
-            events.push(json_event(&usage_chunk(&self.identity, usage)));
+            events.push(Frame::chunk(usage_chunk(&self.identity, usage)));
         }
-        events.push(Event::default().data("[DONE]"));
+        events.push(Frame::Done);
         // After the release: the first token of a buffered stream leaves only now.
         self.log_end("completed", output);
         events
@@ -536,7 +574,7 @@ impl Relay {
     }
 
     /// Releases a choice's judged chunks, all but the finishing one.
-    fn release_judged(&mut self, index: usize) -> Vec<Event> {
+    fn release_judged(&mut self, index: usize) -> Vec<Frame> {
         let Some(answer) = self.answer(index) else {
             return Vec::new();
         };
@@ -549,7 +587,7 @@ impl Relay {
 
     /// Releases what every choice still holds, at the end; the output verdict rides on the
     /// last chunk that finishes a choice.
-    fn release_rest(&mut self) -> Vec<Event> {
+    fn release_rest(&mut self) -> Vec<Frame> {
         let mut held: Vec<ChatChunk> = match self.moderation.as_mut() {
             Some(moderation) => moderation
                 .answers
@@ -569,7 +607,7 @@ impl Relay {
     }
 
     /// Serializes a chunk; the first one carries the input verdict.
-    fn emit(&mut self, mut chunk: ChatChunk) -> Event {
+    fn emit(&mut self, mut chunk: ChatChunk) -> Frame {
         if !self.first_sent {
             self.first_sent = true;
             let elapsed = self.started.elapsed();
@@ -581,13 +619,13 @@ impl Relay {
                 chunk.warden = Some(note.json());
             }
         }
-        json_event(&chunk)
+        Frame::chunk(chunk)
     }
 
     /// Stops a choice after an unsafe verdict: its held text is dropped and it finishes with
     /// `content_filter`. Once every choice is stopped, the stream ends and the upstream request
     /// is dropped. A guard failure that fails closed ends the whole stream with an error.
-    fn stop(&mut self, index: usize, decision: Decision) -> Vec<Event> {
+    fn stop(&mut self, index: usize, decision: Decision) -> Vec<Frame> {
         let Some(moderation) = self.moderation.as_mut() else {
             return Vec::new();
         };
@@ -604,7 +642,7 @@ impl Relay {
             choice.index = u32::try_from(index).unwrap_or(u32::MAX);
         }
         if decision != Decision::Unavailable && !all_stopped {
-            return vec![json_event(&last)];
+            return vec![Frame::chunk(last)];
         }
         self.done = true;
         if let Some(moderation) = self.moderation.as_mut() {
@@ -621,10 +659,7 @@ impl Relay {
                 message: "the safety guard is unavailable and the policy fails closed".to_owned(),
                 code: "guard_unavailable",
             };
-            return vec![
-                json_event(&error.body(&self.request_id)),
-                Event::default().data("[DONE]"),
-            ];
+            return vec![Frame::Error(error.body(&self.request_id)), Frame::Done];
         }
         let verdict = self.output_verdict();
         let label = verdict.as_ref().map(|(decision, _)| decision.label());
@@ -640,13 +675,13 @@ impl Relay {
                 note.json()
             });
         }
-        let mut events = vec![json_event(&last)];
+        let mut events = vec![Frame::chunk(last)];
         if self.include_usage
             && let Some(usage) = self.usage
         {
-            events.push(json_event(&usage_chunk(&self.identity, usage)));
+            events.push(Frame::chunk(usage_chunk(&self.identity, usage)));
         }
-        events.push(Event::default().data("[DONE]"));
+        events.push(Frame::Done);
         events
     }
 }

@@ -41,8 +41,19 @@ pub struct Config {
     pub shared_limits: Option<SharedLimitsConfig>,
     /// The audit log file and whether it holds content.
     pub audit: Option<(PathBuf, bool)>,
+    /// Stored Responses API responses.
+    pub responses: ResponsesConfig,
     /// The file as read plus overrides and defaults; secrets in it are references only.
     pub effective: RawConfig,
+}
+
+/// `[responses]`, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponsesConfig {
+    pub store: bool,
+    pub max_stored: usize,
+    pub max_stored_bytes: usize,
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -736,7 +747,27 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
     }
     let shared_limits =
         validate_shared_limits(&raw.limits, env).map_err(|(key, message)| error(key, message))?;
+    let stored = &raw.responses;
+    for (key, value) in [
+        ("max_stored", stored.max_stored as u64),
+        ("max_stored_mib", stored.max_stored_mib as u64),
+        ("ttl_seconds", stored.ttl_seconds),
+    ] {
+        if stored.store && value == 0 {
+            return Err(error(
+                format!("responses.{key}"),
+                "must be at least 1 while responses.store = true".to_owned(),
+            ));
+        }
+    }
+    let responses = ResponsesConfig {
+        store: stored.store,
+        max_stored: stored.max_stored,
+        max_stored_bytes: stored.max_stored_mib.saturating_mul(1024 * 1024),
+        ttl: Duration::from_secs(stored.ttl_seconds),
+    };
     Ok(Config {
+        responses,
         keys,
         max_concurrent_requests: raw.limits.max_concurrent_requests,
         shared_limits,

@@ -29,6 +29,35 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<RawAudit>,
+    #[serde(default)]
+    pub responses: RawResponses,
+}
+
+/// `[responses]`: the Responses API's stored responses (`store`, `previous_response_id`,
+/// `GET /v1/responses/{id}`), kept in this replica's memory.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawResponses {
+    /// Keep responses a request does not ask to leave out (`store` is true unless it says
+    /// false, as OpenAI has it). Off: nothing is kept, and `store: true` is a 400.
+    pub store: bool,
+    /// The most responses kept; past it the oldest goes.
+    pub max_stored: usize,
+    /// The most memory the kept responses take, in MiB (their JSON size); past it the oldest go.
+    pub max_stored_mib: usize,
+    /// How long a response is kept.
+    pub ttl_seconds: u64,
+}
+
+impl Default for RawResponses {
+    fn default() -> Self {
+        RawResponses {
+            store: true,
+            max_stored: 1000,
+            max_stored_mib: 64,
+            ttl_seconds: 3600,
+        }
+    }
 }
 
 /// `[audit]`: a JSON-lines file with every guard block and flag.

@@ -105,6 +105,7 @@ impl Metrics {
             "/v1/embeddings" => "/v1/embeddings",
             "/v1/moderations" => "/v1/moderations",
             "/v1/responses" => "/v1/responses",
+            p if p.starts_with("/v1/responses/") => "/v1/responses/{id}",
             "/v1/collections" => "/v1/collections",
             "/healthz" => "/healthz",
             "/readyz" => "/readyz",

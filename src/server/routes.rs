@@ -13,6 +13,10 @@ pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
         .route("/v1/moderations", post(moderations::create))
         .route("/v1/embeddings", post(embeddings::create))
         .route(

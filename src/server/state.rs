@@ -15,6 +15,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::backends::pool::Pool;
+use crate::chat::responses::store::ResponseStore;
 use crate::config::Config;
 use crate::guard::Guard;
 use crate::knowledge::Knowledge;
@@ -40,6 +41,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Every block and flag, when `[audit]` is configured.
     pub audit: Option<Arc<Audit>>,
+    /// Stored Responses API responses. Shared by every generation: a reload keeps them (with
+    /// the new bounds).
+    pub responses: Arc<ResponseStore>,
     /// Unix seconds at start-up; the `created` of every entry of `/v1/models`.
     pub started_at: u64,
 }
@@ -210,12 +214,20 @@ impl AppState {
             Some(p) => Access::next(&p.access, &config),
             None => Access::new(&config),
         };
+        let responses = match previous {
+            Some(p) => {
+                p.responses.set_limits(config.responses);
+                p.responses.clone()
+            }
+            None => Arc::new(ResponseStore::new(config.responses)),
+        };
         Ok((
             AppState {
                 access: Arc::new(access),
                 metrics: previous
                     .map_or_else(|| Arc::new(Metrics::default()), |p| p.metrics.clone()),
                 audit,
+                responses,
                 config: Arc::new(config),
                 pool,
                 guard,

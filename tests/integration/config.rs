@@ -321,3 +321,34 @@ fn a_shared_limits_store_is_checked_key_by_key() {
     let printed = config.effective_toml().unwrap();
     assert!(printed.contains("env:REDIS_PASSWORD") && !printed.contains("s3cret-redis"));
 }
+
+#[test]
+fn stored_responses_are_bounded_and_checked_key_by_key() {
+    let with = |section: &str| format!("{VALID}\n{section}");
+    let defaults = parse(VALID, &env()).unwrap().responses;
+    assert!(defaults.store);
+    assert_eq!(defaults.max_stored, 1000);
+    assert_eq!(defaults.max_stored_bytes, 64 * 1024 * 1024);
+    assert_eq!(defaults.ttl, std::time::Duration::from_secs(3600));
+    for (section, key) in [
+        ("[responses]\nmax_stored = 0\n", "responses.max_stored"),
+        ("[responses]\nttl_seconds = 0\n", "responses.ttl_seconds"),
+        (
+            "[responses]\nmax_stored_mib = 0\n",
+            "responses.max_stored_mib",
+        ),
+        ("[responses]\nkeep = true\n", "responses.keep"),
+    ] {
+        let err = error(&with(section));
+        assert_eq!(err.key.as_deref(), Some(key), "{section}: {err}");
+    }
+    let off = parse(
+        &with("[responses]\nstore = false\nmax_stored = 0\n"),
+        &env(),
+    )
+    .unwrap();
+    assert!(
+        !off.responses.store,
+        "bounds are not read while storing is off"
+    );
+}

@@ -115,6 +115,49 @@ async fn warden_speaks_to_a_real_llama_cpp_server() {
             >= 1
     );
 
+    // The Responses API over the same server, whole and streamed.
+    let ask = json!({"model": "small", "input": "Why is the sky blue?", "max_output_tokens": 8, "temperature": 0});
+    let response = warden.post("/v1/responses", ask.clone()).await;
+    assert_eq!(response.status(), 200);
+    let whole: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(whole["object"], "response");
+    assert!(
+        ["completed", "incomplete"].contains(&whole["status"].as_str().unwrap()),
+        "{whole}"
+    );
+    if whole["status"] == "incomplete" {
+        assert_eq!(whole["incomplete_details"]["reason"], "max_output_tokens");
+    }
+    assert!(
+        whole["output"][0]["content"][0]["text"].is_string(),
+        "{whole}"
+    );
+    assert!(whole["usage"]["output_tokens"].as_u64().unwrap() >= 1);
+    let mut streamed = ask;
+    streamed["stream"] = json!(true);
+    let text = warden
+        .post("/v1/responses", streamed)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let events = crate::responses::response_events(&text);
+    let last = events.last().unwrap();
+    assert!(
+        ["response.completed", "response.incomplete"].contains(&last["type"].as_str().unwrap()),
+        "{text}"
+    );
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .filter_map(|e| e["delta"].as_str())
+        .collect();
+    assert_eq!(
+        last["response"]["output"][0]["content"][0]["text"],
+        deltas.as_str()
+    );
+    assert!(last["response"]["usage"]["output_tokens"].as_u64().unwrap() >= 1);
+
     // A prompt longer than the server's context: its own 400 comes through with its message.
     let long = "word ".repeat(6000);
     let response = warden

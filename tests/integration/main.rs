@@ -25,6 +25,7 @@ mod llama;
 mod metrics;
 mod outage;
 mod reload;
+mod responses;
 mod retrieval;
 mod sdk;
 mod shared_limits;

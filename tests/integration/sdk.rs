@@ -9,16 +9,34 @@ use crate::fake_upstream::{FakeUpstream, Flavor};
 /// Warden in front of a fake Ollama (`llama3.2`, also the guard: "hotwire" is unsafe) and a fake
 /// OpenAI-compatible backend (`llama3.2-vllm`), with the embedding model: what both SDK tests
 /// drive. The fakes are returned too: they must outlive the test.
-async fn sdk_warden() -> (FakeUpstream, FakeUpstream, Warden) {
+/// The fake upstreams behind the SDK tests' Warden.
+struct Upstreams {
+    /// `llama3.2`, and the guard.
+    ollama: FakeUpstream,
+    /// `llama3.2-vllm`.
+    _openai: FakeUpstream,
+    /// `llama3.2-tools`: answers every chat with a tool call.
+    _tools: FakeUpstream,
+}
+
+async fn sdk_warden() -> (Upstreams, Warden) {
     let ollama = FakeUpstream::start(Flavor::Ollama).await;
     let openai = FakeUpstream::start(Flavor::OpenAi).await;
+    let tools = FakeUpstream::start(Flavor::Ollama).await;
+    tools.script(|s| {
+        s.body_fixture = "ollama/chat_tool.json".to_owned();
+        s.stream_fixture = "ollama/chat_tool_stream.ndjson".to_owned();
+    });
     let config = format!(
         "[backends.local]\nkind = \"ollama\"\nbase_url = \"{}\"\n\
          [backends.vllm]\nkind = \"openai\"\nbase_url = \"{}\"\n\
          [[models]]\nid = \"llama3.2\"\ntargets = [{{ backend = \"local\", model = \"llama3.2:1b\" }}]\n\
-         [[models]]\nid = \"llama3.2-vllm\"\ntargets = [{{ backend = \"vllm\", model = \"llama3.2\" }}]\n",
+         [[models]]\nid = \"llama3.2-vllm\"\ntargets = [{{ backend = \"vllm\", model = \"llama3.2\" }}]\n\
+         [backends.tools]\nkind = \"ollama\"\nbase_url = \"{}\"\n\
+         [[models]]\nid = \"llama3.2-tools\"\ntargets = [{{ backend = \"tools\", model = \"llama3.2:1b\" }}]\n",
         ollama.base_url(),
-        openai.base_url()
+        openai.base_url(),
+        tools.base_url()
     );
     let policies = policy_dir(
         "sdk",
@@ -39,7 +57,12 @@ async fn sdk_warden() -> (FakeUpstream, FakeUpstream, Warden) {
         ))
     });
     let warden = Warden::start(&config).await;
-    (ollama, openai, warden)
+    let upstreams = Upstreams {
+        ollama,
+        _openai: openai,
+        _tools: tools,
+    };
+    (upstreams, warden)
 }
 
 /// Runs an SDK's test script against `warden` (its URL and the text the fixture streams in
@@ -68,20 +91,53 @@ async fn run_against(mut command: Command, warden: &Warden) -> String {
 async fn the_openai_python_sdk_works_against_warden() {
     let python = std::env::var("OPENAI_SDK_PYTHON")
         .expect("OPENAI_SDK_PYTHON must point at the venv's python");
-    let (_ollama, _openai, warden) = sdk_warden().await;
+    let (upstreams, warden) = sdk_warden().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_openai_sdk.py");
     let mut pytest = Command::new(python);
     pytest.args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script]);
     let stdout = run_against(pytest, &warden).await;
-    assert!(stdout.contains("15 passed"), "{stdout}");
+    assert!(stdout.contains("19 passed"), "{stdout}");
+    tool_results_reached_the_model_and_the_guard(&upstreams.ollama);
 }
+
+/// The Responses tool round trip of both SDK tests sends the function's output back: it must
+/// reach the model as a tool turn after the assistant's call, and the guard must judge it.
+fn tool_results_reached_the_model_and_the_guard(ollama: &FakeUpstream) {
+    let sent = ollama
+        .received()
+        .into_iter()
+        .map(|r| r.body)
+        .find(|body| body.to_string().contains(TOOL_RESULT))
+        .expect("no chat request carried the tool result");
+    let messages = sent["messages"].as_array().unwrap();
+    let at = messages
+        .iter()
+        .position(|m| m["role"] == "tool" && m["content"] == TOOL_RESULT)
+        .expect("the tool result is not a tool turn");
+    let call = &messages[at - 1];
+    assert_eq!(call["role"], "assistant", "{sent}");
+    assert_eq!(
+        call["tool_calls"][0]["function"]["name"],
+        "get_current_weather"
+    );
+    assert!(
+        ollama
+            .guard_prompts()
+            .iter()
+            .any(|prompt| prompt.contains(TOOL_RESULT)),
+        "the guard did not judge the tool result"
+    );
+}
+
+/// What the SDK tests' weather function returns.
+const TOOL_RESULT: &str = "18 degrees and sunny";
 
 #[tokio::test]
 #[ignore = "needs the Node SDK (OPENAI_NODE_MODULES, from `make sdk-node`); `make test` runs it"]
 async fn the_openai_node_sdk_works_against_warden() {
     let modules = std::env::var("OPENAI_NODE_MODULES")
         .expect("OPENAI_NODE_MODULES must name the node_modules that `make sdk-node` filled");
-    let (_ollama, _openai, warden) = sdk_warden().await;
+    let (upstreams, warden) = sdk_warden().await;
     let mut node = Command::new("node");
     node.arg(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -89,7 +145,8 @@ async fn the_openai_node_sdk_works_against_warden() {
     ))
     .env("OPENAI_NODE_MODULES", modules);
     let stdout = run_against(node, &warden).await;
-    assert!(stdout.contains("10 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("12 passed, 0 failed"), "{stdout}");
+    tool_results_reached_the_model_and_the_guard(&upstreams.ollama);
 }
 
 #[tokio::test]

@@ -187,6 +187,18 @@ async fn a_killed_replica_gives_its_slots_back_when_their_leases_expire() {
     let whole = chat_as_team(&address_a, true).send().await.unwrap();
     assert!(whole.text().await.unwrap().ends_with("data: [DONE]\n\n"));
     assert_eq!(status_as_team(&address_b).await, 200);
+    // The same for a Responses stream, which ends with `response.completed` (no `[DONE]`).
+    let response = client()
+        .post(format!("http://{address_a}/v1/responses"))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({"model": "llama3.2", "input": "hi", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
+    assert!(last.starts_with("event: response.completed\n"), "{text}");
+    assert_eq!(status_as_team(&address_b).await, 200);
 
     // A request held past the lease's time to live keeps its slot (renewed), until its
     // replica dies; then the slot comes back when the lease expires.

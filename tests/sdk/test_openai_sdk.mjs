@@ -21,7 +21,7 @@ const tests = {
   async modelsList() {
     const ids = [];
     for await (const model of client.models.list()) ids.push(model.id);
-    assert.deepEqual(ids, ["llama3.2", "llama3.2-vllm"]);
+    assert.deepEqual(ids, ["llama3.2", "llama3.2-vllm", "llama3.2-tools"]);
     assert.equal((await client.models.retrieve("llama3.2")).id, "llama3.2");
   },
 
@@ -116,9 +116,46 @@ const tests = {
     assert.equal(blocked.incomplete_details.reason, "content_filter");
     assert.equal(blocked.output[0].content[0].type, "refusal");
     await assert.rejects(
-      client.responses.create({ model: "llama3.2", input: "hi", stream: true }),
-      (err) => err instanceof OpenAI.BadRequestError && err.param === "stream",
+      client.responses.create({ model: "llama3.2", input: "hi", tools: [{ type: "web_search" }] }),
+      (err) => err instanceof OpenAI.BadRequestError && err.param === "tools[0].type",
     );
+  },
+
+  async responsesStream() {
+    const stream = client.responses.stream({ model: "llama3.2", input: "Why is the sky blue?" });
+    const events = [];
+    for await (const event of stream) events.push(event);
+    const final = await stream.finalResponse();
+    assert.deepEqual(
+      events.map((e) => e.sequence_number),
+      events.map((_, i) => i),
+    );
+    assert.equal(events.at(-1).type, "response.completed");
+    const deltas = events.filter((e) => e.type === "response.output_text.delta").map((e) => e.delta);
+    assert.equal(deltas.join(""), EXPECTED);
+    assert.equal(final.output[0].content[0].text, EXPECTED);
+    assert.ok(final.usage.output_tokens > 0);
+  },
+
+  async responsesToolRoundTrip() {
+    const weather = {
+      type: "function",
+      name: "get_current_weather",
+      parameters: { type: "object", properties: { location: { type: "string" } }, required: ["location"] },
+    };
+    const question = { role: "user", content: "What is the weather in Paris?" };
+    const first = await client.responses.create({ model: "llama3.2-tools", input: [question], tools: [weather] });
+    const [call] = first.output;
+    assert.equal(call.type, "function_call");
+    assert.deepEqual(JSON.parse(call.arguments), { format: "celsius", location: "Paris, FR" });
+    const followUp = await client.responses.create({
+      model: "llama3.2",
+      tools: [weather],
+      // Checked by the Rust test: the tool turn reached the model and the guard.
+      input: [question, ...first.output, { type: "function_call_output", call_id: call.call_id, output: "18 degrees and sunny" }],
+    });
+    assert.equal(followUp.status, "completed");
+    assert.ok(followUp.output_text);
   },
 
   async embeddingsCreate() {

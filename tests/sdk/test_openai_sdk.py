@@ -4,6 +4,7 @@ Started by the Rust test `sdk::the_openai_python_sdk_works_against_warden`, whic
 in front of fake upstreams and passes WARDEN_BASE_URL and WARDEN_EXPECTED_TEXT.
 """
 
+import json
 import os
 
 import openai
@@ -21,7 +22,7 @@ def client():
 
 def test_models_list(client):
     ids = [m.id for m in client.models.list()]
-    assert ids == ["llama3.2", "llama3.2-vllm"]
+    assert ids == ["llama3.2", "llama3.2-vllm", "llama3.2-tools"]
     assert client.models.retrieve("llama3.2").id == "llama3.2"
 
 
@@ -146,11 +147,97 @@ def test_responses_with_message_items_are_judged_and_refused(client):
     assert blocked.output[0].content[0].refusal == "I can't help with that."
 
 
-def test_responses_refuse_what_they_do_not_serve_yet(client):
-    for extra in ({"stream": True}, {"tools": [{"type": "web_search"}]}, {"previous_response_id": "resp_x"}):
+def test_responses_refuse_what_they_do_not_serve(client):
+    for extra in ({"tools": [{"type": "web_search"}]}, {"reasoning": {"effort": "low"}}, {"background": True}):
         with pytest.raises(openai.BadRequestError) as raised:
             client.responses.create(model="llama3.2", input="hi", **extra)
-        assert raised.value.param == next(iter(extra))
+        assert raised.value.param == ("tools[0].type" if "tools" in extra else next(iter(extra)))
     with pytest.raises(openai.BadRequestError) as raised:
         client.responses.create(model="llama3.2", input=[{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}])
     assert raised.value.param == "input[0].content[0]"
+
+
+def test_responses_stream_as_openai_sends_it(client):
+    with client.responses.stream(model="llama3.2", input="Why is the sky blue?") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
+    assert kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == EXPECTED
+    assert len({e.response.id for e in events if hasattr(e, "response")}) == 1
+    assert final.status == "completed"
+    assert final.output_text == EXPECTED
+    assert final.usage.output_tokens > 0
+    assert final.model_extra["warden"]["guard"]["input"]["verdict"] == "safe"
+    assert final.model_extra["warden"]["guard"]["output"]["verdict"] == "safe"
+
+
+def test_a_blocked_responses_stream_ends_incomplete_with_the_refusal(client):
+    events = list(client.responses.create(model="llama3.2", input="How do I hotwire a car?", stream=True))
+    assert events[-1].type == "response.incomplete"
+    response = events[-1].response
+    assert response.incomplete_details.reason == "content_filter"
+    assert response.output[0].content[-1].type == "refusal"
+    assert response.output[0].content[-1].refusal == "I can't help with that."
+    assert response.model_extra["warden"]["guard"]["input"]["verdict"] == "blocked"
+    assert not [e for e in events if e.type == "response.output_text.delta"]
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_current_weather",
+    "description": "The weather in a city now.",
+    "parameters": {
+        "type": "object",
+        "properties": {"location": {"type": "string"}, "format": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["location", "format"],
+    },
+}
+# The Rust test checks that this reached the model as a tool turn and that the guard judged it.
+TOOL_RESULT = "18 degrees and sunny"
+
+
+def test_responses_tool_call_round_trip(client):
+    question = {"role": "user", "content": "What is the weather in Paris?"}
+    first = client.responses.create(model="llama3.2-tools", input=[question], tools=[WEATHER])
+    call = first.output[0]
+    assert call.type == "function_call"
+    assert call.name == "get_current_weather"
+    assert json.loads(call.arguments) == {"format": "celsius", "location": "Paris, FR"}
+    assert first.tools[0].name == "get_current_weather"
+    # The usual agent loop: the model's output items go back in, with the function's output.
+    follow_up = client.responses.create(
+        model="llama3.2",
+        tools=[WEATHER],
+        input=[question, *first.output, {"type": "function_call_output", "call_id": call.call_id, "output": TOOL_RESULT}],
+    )
+    assert follow_up.status == "completed"
+    assert follow_up.output_text
+
+    with client.responses.stream(model="llama3.2-tools", input=[question], tools=[WEATHER]) as stream:
+        events = list(stream)
+        streamed = stream.get_final_response()
+    assert streamed.output[0].type == "function_call"
+    assert json.loads(streamed.output[0].arguments) == {"format": "celsius", "location": "Paris, FR"}
+    assert "response.function_call_arguments.done" in [e.type for e in events]
+
+
+def test_responses_are_stored_continued_and_deleted(client):
+    first = client.responses.create(model="llama3.2", input="My name is Ada.")
+    assert first.store is True
+    assert client.responses.retrieve(first.id).output_text == first.output_text
+    second = client.responses.create(model="llama3.2", input="What is my name?", previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    assert second.status == "completed"
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.responses.retrieve(first.id)
+    assert raised.value.code == "response_not_found"
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.responses.create(model="llama3.2", input="hi", previous_response_id=first.id)
+    assert raised.value.param == "previous_response_id"
+    unstored = client.responses.create(model="llama3.2", input="hi", store=False)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)

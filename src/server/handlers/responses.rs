@@ -1,7 +1,10 @@
 use axum::Extension;
+use axum::Json;
+use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
 
 use crate::chat::responses;
+use crate::error::ApiError;
 use crate::server::auth::Caller;
 use crate::server::extract::JsonBody;
 use crate::server::state::AppState;
@@ -22,4 +25,22 @@ pub async fn create(
     };
     response.extensions_mut().insert(model);
     response
+}
+
+/// `GET /v1/responses/{id}`: a response this key stored.
+pub async fn retrieve(
+    state: AppState,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    responses::retrieve(&state, &caller, &id).map(Json)
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete(
+    state: AppState,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    responses::delete(&state, &caller, &id).map(Json)
 }

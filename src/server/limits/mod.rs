@@ -322,6 +322,18 @@ impl Held {
 /// The SSE frame that ends every chat stream Warden writes.
 const STREAM_END: &[u8] = b"data: [DONE]\n\n";
 
+/// The events that end a Responses API stream (it has no `[DONE]`).
+const RESPONSE_ENDS: [&[u8]; 3] = [
+    b"event: response.completed\n",
+    b"event: response.incomplete\n",
+    b"event: response.failed\n",
+];
+
+/// Whether one written SSE frame is the last of its stream.
+fn ends_stream(frame: &[u8]) -> bool {
+    frame.ends_with(STREAM_END) || RESPONSE_ENDS.iter().any(|end| frame.starts_with(end))
+}
+
 /// Takes the permits a request needs (the replica's, the key's) or refuses it; `caller` is the
 /// key name authentication found.
 pub async fn enforce(
@@ -376,7 +388,7 @@ pub async fn enforce(
         |(mut body, mut held)| async move {
             let chunk = body.next().await?;
             if let Ok(bytes) = &chunk
-                && bytes.ends_with(STREAM_END)
+                && ends_stream(bytes)
                 && let Some(held) = held.take()
             {
                 held.give_back().await;
