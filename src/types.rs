@@ -182,6 +182,9 @@ pub struct ChatCompletion {
     pub timings: Option<Timings>,
     #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub warden: Option<Value>,
+    /// OpenAI's `moderation` results, when the request asked; Warden's own, never an upstream's.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<Value>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Extra,
 }
@@ -281,6 +284,9 @@ pub struct ChatChunk {
     pub timings: Option<Timings>,
     #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub warden: Option<Value>,
+    /// OpenAI's `moderation` results, when the request asked; Warden's own, never an upstream's.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<Value>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Extra,
 }

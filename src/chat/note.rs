@@ -6,6 +6,9 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::guard::Decision;
+use crate::guard::openai::{moderation_error, moderation_result};
+use crate::guard::policy::Policy;
+use std::sync::Arc;
 
 pub const GUARD_HEADER: &str = "x-warden-guard";
 pub const SOURCES_HEADER: &str = "x-warden-sources";
@@ -158,5 +161,68 @@ impl Note {
             out.insert("guard".to_owned(), guard.json());
         }
         Value::Object(out)
+    }
+}
+
+/// A request that asked for `moderation` results (OpenAI's field) gets its input and output
+/// verdicts in that shape. Asking changes nothing about what is blocked: the organisation's
+/// policy decides that.
+#[derive(Debug, Clone)]
+pub struct ModerationReport {
+    /// The guard model, named in every result.
+    pub model: String,
+    /// `None` when this Warden has no guard.
+    pub policy: Option<Arc<Policy>>,
+}
+
+impl ModerationReport {
+    /// `{"input": ..., "output": ...}` from the verdicts in `note`; `generated` is false when
+    /// the input was blocked and nothing was generated.
+    pub fn json(&self, note: &Note, generated: bool) -> Value {
+        let Some(policy) = &self.policy else {
+            let disabled = moderation_error(
+                "moderation_disabled",
+                "this Warden has no [guard]: nothing is judged",
+            );
+            return json!({"input": disabled, "output": disabled});
+        };
+        let guard = note.guard.as_ref();
+        let side = |checked: bool, name: &str, verdict: Option<&(Decision, Vec<String>)>| {
+            if !checked {
+                return moderation_error(
+                    "not_checked",
+                    &format!("the policy `{}` does not check {name}", policy.name),
+                );
+            }
+            match verdict {
+                Some((Decision::Unavailable | Decision::Unverified, _)) => {
+                    moderation_error("guard_unavailable", "the safety guard gave no verdict")
+                }
+                Some((decision, categories)) => json!({
+                    "type": "moderation_results",
+                    "model": self.model,
+                    "results": [moderation_result(&self.model, policy, *decision, categories)],
+                }),
+                None => moderation_error("not_checked", &format!("no verdict on the {name}")),
+            }
+        };
+        let input = side(
+            policy.check_input,
+            "input",
+            guard.and_then(|g| g.input.as_ref()),
+        );
+        let output = if generated {
+            side(
+                policy.check_output,
+                "output",
+                guard.and_then(|g| g.output.as_ref()),
+            )
+        } else {
+            moderation_error(
+                "not_generated",
+                "the input was blocked: nothing was generated",
+            )
+        };
+        json!({"input": input, "output": output})
     }
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backends::pool::ModelRoute;
-use crate::chat::note::{GuardNote, Note};
+use crate::chat::note::{GuardNote, ModerationReport, Note};
 use crate::chat::relay::{self, FrameStream, RelayOptions, StreamIdentity};
 use crate::chat::retrieval;
 use crate::error::ApiError;
@@ -123,6 +123,8 @@ pub struct Refusal {
     pub text: String,
     /// The `warden` object (the input verdict).
     pub warden: Value,
+    /// OpenAI's `moderation` results, when asked.
+    pub moderation: Option<Value>,
     pub identity: StreamIdentity,
     pub stream: bool,
     pub include_usage: bool,
@@ -153,6 +155,7 @@ impl Refusal {
             }],
             usage: Some(Usage::default()),
             warden: Some(self.warden.clone()),
+            moderation: self.moderation.clone(),
             ..Default::default()
         }
     }
@@ -170,6 +173,7 @@ impl IntoResponse for Outcome {
                     &refusal.identity,
                     &refusal.text,
                     refusal.warden,
+                    refusal.moderation,
                     refusal.include_usage,
                 ),
                 Duration::from_secs(15),
@@ -196,6 +200,8 @@ struct Turn {
     plan: Option<retrieval::Plan>,
     /// The `warden` object, filled as the stages go.
     note: Note,
+    /// Set when the request asked for OpenAI's `moderation` results.
+    report: Option<ModerationReport>,
     span: tracing::Span,
 }
 
@@ -235,6 +241,14 @@ fn resolve(state: &AppState, caller: &Caller, request: &mut ChatRequest) -> Resu
             model: route.id.clone(),
         });
     let options = request.warden.take().unwrap_or_default();
+    let report = take_moderation(request)?.then(|| ModerationReport {
+        model: state
+            .guard
+            .as_ref()
+            .map(|g| g.model.clone())
+            .unwrap_or_default(),
+        policy: guarded.as_ref().map(|(_, policy)| policy.clone()),
+    });
     let plan = retrieval::plan(state, caller, &route, &options, request)?;
     Ok(Turn {
         identity: StreamIdentity::new(&route.id),
@@ -247,6 +261,7 @@ fn resolve(state: &AppState, caller: &Caller, request: &mut ChatRequest) -> Resu
         audit,
         plan,
         note: Note::default(),
+        report,
         span: tracing::Span::current(),
     })
 }
@@ -339,6 +354,7 @@ async fn pre_dispatch(
                 return Ok(Some(refuse(
                     policy,
                     &turn.note,
+                    turn.report.as_ref(),
                     turn.identity.clone(),
                     request.is_stream(),
                     turn.include_usage,
@@ -415,6 +431,7 @@ async fn stream(
             moderator,
             choices: turn.choices,
             note: (!turn.note.is_empty()).then_some(turn.note),
+            report: turn.report,
             metrics: state.metrics.clone(),
             audit: turn.audit,
             key: caller.name.clone(),
@@ -488,6 +505,9 @@ async fn complete(
     }
     if !turn.note.is_empty() {
         completion.warden = Some(turn.note.json());
+    }
+    if let Some(report) = &turn.report {
+        completion.moderation = Some(report.json(&turn.note, true));
     }
     let mut headers = HeaderMap::new();
     turn.note.headers(&mut headers);
@@ -597,6 +617,7 @@ fn log_decision(
 fn refuse(
     policy: &Arc<Policy>,
     note: &Note,
+    report: Option<&ModerationReport>,
     identity: StreamIdentity,
     stream: bool,
     include_usage: bool,
@@ -614,6 +635,7 @@ fn refuse(
         BlockStyle::Refusal => Answer::Refused(Refusal {
             text: policy.refusal.clone(),
             warden: note.json(),
+            moderation: report.map(|r| r.json(note, false)),
             identity,
             stream,
             include_usage,
@@ -678,6 +700,58 @@ pub fn validate(request: &ChatRequest) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// Takes OpenAI's `moderation` field out of the request (it is Warden's to answer, never
+/// forwarded); whether results were asked for. Its `policy.*.mode` (`score` or `block`) is
+/// checked but changes nothing: the organisation's policy decides what is blocked.
+fn take_moderation(request: &mut ChatRequest) -> Result<bool, ApiError> {
+    let Some(asked) = request.extra.remove("moderation").filter(|v| !v.is_null()) else {
+        return Ok(false);
+    };
+    let bad = |param: &str, message: &str| ApiError::invalid(message, Some(param.to_owned()));
+    let object = asked
+        .as_object()
+        .ok_or_else(|| bad("moderation", "`moderation` must be an object"))?;
+    for (key, value) in object {
+        match key.as_str() {
+            "model" if value.is_string() => {}
+            "model" => return Err(bad("moderation.model", "must be a string")),
+            "policy" if value.is_null() => {}
+            "policy" => {
+                let policy = value
+                    .as_object()
+                    .ok_or_else(|| bad("moderation.policy", "must be an object"))?;
+                for (side, mode) in policy {
+                    let param = format!("moderation.policy.{side}");
+                    if side != "input" && side != "output" {
+                        return Err(bad(&param, "only `input` and `output` have a policy"));
+                    }
+                    let known = mode.is_null()
+                        || mode.as_object().is_some_and(|m| {
+                            m.len() == 1
+                                && matches!(
+                                    m.get("mode").and_then(Value::as_str),
+                                    Some("score" | "block")
+                                )
+                        });
+                    if !known {
+                        return Err(bad(
+                            &param,
+                            "must be {\"mode\": \"score\"} or {\"mode\": \"block\"}",
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(bad(
+                    &format!("moderation.{other}"),
+                    "not a field of `moderation`: only `model` and `policy`",
+                ));
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Warden's own chat completion ids, the shape OpenAI uses.

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::backends::pool::StartedStream;
 use crate::backends::{ChunkStream, UpstreamError};
-use crate::chat::note::Note;
+use crate::chat::note::{ModerationReport, Note};
 use crate::error::ApiError;
 use crate::guard::Decision;
 use crate::guard::output::{CheckFuture, OutputModerator, combined_verdict, released_logprobs};
@@ -56,6 +56,8 @@ pub struct RelayOptions {
     pub choices: usize,
     /// The `warden` object: all of it on the first chunk, the guard's verdicts on the last.
     pub note: Option<Note>,
+    /// OpenAI's `moderation` results, when asked: a chunk of their own before usage.
+    pub report: Option<ModerationReport>,
     pub metrics: Arc<Metrics>,
     /// When the request arrived, for the time to first token.
     pub started: Instant,
@@ -142,6 +144,7 @@ pub fn refusal_frames(
     identity: &StreamIdentity,
     refusal: &str,
     warden: Value,
+    moderation: Option<Value>,
     include_usage: bool,
 ) -> FrameStream {
     let mut first = chunk(
@@ -158,6 +161,9 @@ pub fn refusal_frames(
         Frame::chunk(first),
         Frame::chunk(chunk(identity, Delta::default(), Some("content_filter"))),
     ];
+    if let Some(moderation) = moderation {
+        frames.push(Frame::chunk(moderation_chunk(identity, moderation)));
+    }
     if include_usage {
         frames.push(Frame::chunk(usage_chunk(identity, Usage::default())));
     }
@@ -178,6 +184,19 @@ fn chunk(identity: &StreamIdentity, delta: Delta, finish_reason: Option<&str>) -
             ..Default::default()
         }],
         usage: None,
+        ..Default::default()
+    }
+}
+
+/// OpenAI's "moderation chunk": no choices, the `moderation` results.
+fn moderation_chunk(identity: &StreamIdentity, moderation: Value) -> ChatChunk {
+    ChatChunk {
+        id: identity.id.clone(),
+        object: chunk_object(),
+        created: identity.created,
+        model: identity.model.clone(),
+        choices: Vec::new(),
+        moderation: Some(moderation),
         ..Default::default()
     }
 }
@@ -250,6 +269,7 @@ struct Relay {
     usage: Option<Usage>,
     request_id: String,
     note: Option<Note>,
+    report: Option<ModerationReport>,
     first_sent: bool,
     metrics: Arc<Metrics>,
     started: Instant,
@@ -306,6 +326,7 @@ fn events(
         usage: None,
         request_id: options.request_id,
         note: options.note,
+        report: options.report,
         first_sent: false,
         _gauge: options.metrics.stream_started(),
         metrics: options.metrics,
@@ -519,6 +540,7 @@ impl Relay {
             }
         }
         events.extend(self.release_rest());
+        events.extend(self.moderation_frame());
         self.done = true;
         // Counted once, at the end: the last usage an upstream sent is the total.
         if let Some(usage) = &self.usage {
@@ -606,6 +628,16 @@ impl Relay {
         held.into_iter().map(|chunk| self.emit(chunk)).collect()
     }
 
+    /// The `moderation` results, when asked, from the verdicts so far.
+    fn moderation_frame(&self) -> Option<Frame> {
+        let report = self.report.as_ref()?;
+        let note = self.note.clone().unwrap_or_default();
+        Some(Frame::chunk(moderation_chunk(
+            &self.identity,
+            report.json(&note, true),
+        )))
+    }
+
     /// Serializes a chunk; the first one carries the input verdict.
     fn emit(&mut self, mut chunk: ChatChunk) -> Frame {
         if !self.first_sent {
@@ -676,6 +708,7 @@ impl Relay {
             });
         }
         let mut events = vec![Frame::chunk(last)];
+        events.extend(self.moderation_frame());
         if self.include_usage
             && let Some(usage) = self.usage
         {

@@ -10,6 +10,7 @@
 //! `raw: true`, or an OpenAI-compatible `/v1/completions`), temperature 0, a few tokens. Answers
 //! are cached by policy version + prompt hash, so a conversation's earlier turns are judged once.
 
+pub mod openai;
 pub mod output;
 pub mod policy;
 pub mod prompt;

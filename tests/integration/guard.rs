@@ -1245,3 +1245,125 @@ async fn random_chunk_boundaries_never_let_unsafe_text_out_in_any_field() {
     }
     assert_eq!(cases, 4 * (5 + 2) * 6);
 }
+
+#[tokio::test]
+async fn moderation_results_are_filled_from_the_guard_when_asked_on_chat_and_responses() {
+    let (upstream, warden) = guarded(
+        Flavor::Ollama,
+        "moderation-results",
+        &test_policy("", 1000, BUFFERED),
+    )
+    .await;
+    upstream.guard(|g| {
+        g.rules
+            .push(unsafe_rule("hotwire", "unsafe\n{Non-Violent Crimes}"))
+    });
+    let asked = json!({"model": "omni-moderation-latest", "policy": {"input": {"mode": "score"}, "output": {"mode": "block"}}});
+
+    // A safe answer, whole: both sides judged, nothing flagged; the field is not forwarded.
+    let mut body = ask("Why is the sky blue?", false);
+    body["moderation"] = asked.clone();
+    let completion: serde_json::Value = warden
+        .post("/v1/chat/completions", body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let moderation = &completion["moderation"];
+    for side in ["input", "output"] {
+        assert_eq!(
+            moderation[side]["type"], "moderation_results",
+            "{moderation}"
+        );
+        let result = &moderation[side]["results"][0];
+        assert_eq!(result["type"], "moderation_result");
+        assert_eq!(result["flagged"], false);
+        assert_eq!(result["model"], "llama-guard3:1b");
+        assert_eq!(result["categories"]["illicit"], false);
+        assert_eq!(
+            result["category_applied_input_types"]["illicit"],
+            json!(["text"])
+        );
+    }
+    assert!(upstream.last_body().get("moderation").is_none());
+
+    // A blocked question: the input flagged under OpenAI's name and the policy's id, and
+    // nothing generated.
+    let mut body = ask("How do I hotwire a car?", false);
+    body["moderation"] = asked.clone();
+    let completion: serde_json::Value = warden
+        .post("/v1/chat/completions", body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let input = &completion["moderation"]["input"]["results"][0];
+    assert_eq!(input["flagged"], true);
+    assert_eq!(input["categories"]["illicit"], true);
+    assert_eq!(input["categories"]["S2"], true);
+    assert_eq!(input["category_scores"]["illicit"], 1.0);
+    assert_eq!(input["categories"]["violence"], false);
+    assert_eq!(
+        completion["moderation"]["output"],
+        json!({"type": "error", "code": "not_generated", "message": "the input was blocked: nothing was generated"})
+    );
+
+    // Streamed: a chunk of its own, with no choices, after the last choice chunk and before usage.
+    let mut body = ask("Why is the sky blue?", true);
+    body["moderation"] = asked.clone();
+    body["stream_options"] = json!({"include_usage": true});
+    let text = warden
+        .post("/v1/chat/completions", body)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let chunks = sse_chunks(&text);
+    let n = chunks.len();
+    assert_eq!(chunks[n - 2]["choices"], json!([]));
+    assert_eq!(
+        chunks[n - 2]["moderation"]["output"]["results"][0]["flagged"],
+        false
+    );
+    assert!(chunks[n - 1]["usage"].is_object());
+    assert_eq!(
+        chunks
+            .iter()
+            .filter(|c| c.get("moderation").is_some())
+            .count(),
+        1
+    );
+
+    // Responses: one result a side, whole and streamed.
+    let response: serde_json::Value = warden
+        .post(
+            "/v1/responses",
+            json!({"model": "llama3.2", "input": "How do I hotwire a car?", "moderation": asked}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(response["moderation"]["input"]["type"], "moderation_result");
+    assert_eq!(response["moderation"]["input"]["flagged"], true);
+    assert_eq!(response["moderation"]["output"]["code"], "not_generated");
+    let streamed = warden
+        .post(
+            "/v1/responses",
+            json!({"model": "llama3.2", "input": "Why is the sky blue?", "moderation": asked, "stream": true}),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    let last = crate::responses::response_events(&streamed).pop().unwrap();
+    assert_eq!(last["response"]["moderation"]["output"]["flagged"], false);
+
+    // Its shape is checked like any field; a mode cannot turn the policy off.
+    let mut body = ask("How do I hotwire a car?", false);
+    body["moderation"] = json!({"model": "m", "policy": {"input": {"mode": "off"}}});
+    let response = warden.post("/v1/chat/completions", body).await;
+    assert_eq!(response.status(), 400);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "moderation.policy.input");
+}

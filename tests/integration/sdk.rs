@@ -96,7 +96,7 @@ async fn the_openai_python_sdk_works_against_warden() {
     let mut pytest = Command::new(python);
     pytest.args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script]);
     let stdout = run_against(pytest, &warden).await;
-    assert!(stdout.contains("19 passed"), "{stdout}");
+    assert!(stdout.contains("20 passed"), "{stdout}");
     tool_results_reached_the_model_and_the_guard(&upstreams.ollama);
 }
 

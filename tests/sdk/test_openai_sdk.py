@@ -241,3 +241,17 @@ def test_responses_are_stored_continued_and_deleted(client):
     unstored = client.responses.create(model="llama3.2", input="hi", store=False)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(unstored.id)
+
+
+def test_moderation_results_come_from_the_guard(client):
+    asked = {"model": "omni-moderation-latest"}
+    blocked = client.chat.completions.create(
+        model="llama3.2", messages=[{"role": "user", "content": "How do I hotwire a car?"}], moderation=asked
+    )
+    result = blocked.moderation.input.results[0]
+    assert result.flagged is True
+    assert result.categories["illicit"] is True
+    assert blocked.moderation.output.type == "error"
+    response = client.responses.create(model="llama3.2", input="Why is the sky blue?", moderation=asked)
+    assert response.moderation.input.flagged is False
+    assert response.moderation.output.type == "moderation_result"

@@ -30,7 +30,7 @@ pub use output::Shell;
 use store::{Owner, ResponseStore, Stored};
 
 /// The request fields that are translated; any other is refused (400 naming it).
-const FIELDS: [&str; 19] = [
+const FIELDS: [&str; 20] = [
     "model",
     "input",
     "instructions",
@@ -49,6 +49,7 @@ const FIELDS: [&str; 19] = [
     "text",
     "truncation",
     "background",
+    "moderation",
     "warden",
 ];
 
@@ -154,7 +155,7 @@ pub async fn create(state: AppState, caller: Caller, body: Value) -> Result<Resp
         Answer::Response(response) => response,
         Answer::Complete(completion) => whole(&completion, saver),
         Answer::Refused(refusal) if stream => relay::sse_response(
-            stream::refused(shell, refusal.text, refusal.warden, saver),
+            stream::refused(shell, refusal, saver),
             std::time::Duration::from_secs(15),
         ),
         Answer::Refused(refusal) => whole(&refusal.completion(), saver),
@@ -332,6 +333,7 @@ fn translate(request: &Map<String, Value>, prior: &[Value]) -> Result<Translated
         ("temperature", "temperature"),
         ("top_p", "top_p"),
         ("parallel_tool_calls", "parallel_tool_calls"),
+        ("moderation", "moderation"),
         ("warden", "warden"),
     ] {
         if let Some(value) = given(request, from) {

@@ -147,6 +147,19 @@ impl Ending {
     }
 }
 
+/// The chat path's `moderation` results (a `moderation_results` list a side) as the Responses
+/// API has them (one `moderation_result` a side); errors are the same in both.
+pub fn response_moderation(chat: &Value) -> Value {
+    let side = |value: &Value| {
+        if value["type"] == "moderation_results" {
+            value["results"][0].clone()
+        } else {
+            value.clone()
+        }
+    };
+    json!({"input": side(&chat["input"]), "output": side(&chat["output"])})
+}
+
 pub fn usage_json(usage: &Usage) -> Value {
     json!({
         "input_tokens": usage.prompt_tokens,
@@ -248,14 +261,18 @@ impl Shell {
             }
         }
         let usage = completion.usage.unwrap_or_default();
-        self.response(
+        let mut response = self.response(
             ending.status(),
             items.iter().map(|item| item.json(false)).collect(),
             Some(&usage),
             ending.details(),
             Value::Null,
             completion.warden.as_ref(),
-        )
+        );
+        if let Some(moderation) = &completion.moderation {
+            response["moderation"] = response_moderation(moderation);
+        }
+        response
     }
 }
 

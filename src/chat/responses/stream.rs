@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 
 use super::Saver;
-use super::output::{Ending, Item, Shell, function_call_id, message_id, refusal_part, text_part};
+use super::output::{
+    Ending, Item, Shell, function_call_id, message_id, refusal_part, response_moderation, text_part,
+};
 use crate::chat::relay::{Frame, FrameStream};
 use crate::types::{ChatChunk, Usage};
 
@@ -34,6 +36,8 @@ struct Writer {
     usage: Option<Usage>,
     finish: Option<String>,
     warden: Option<Value>,
+    /// The chat path's `moderation` results, when asked.
+    moderation: Option<Value>,
     refusal: String,
     ended: bool,
     /// Keeps the response when it finished (not when it failed).
@@ -71,12 +75,12 @@ pub fn events(
 /// The events of a request whose input was blocked: the policy's refusal as the only output.
 pub fn refused(
     shell: Shell,
-    refusal: String,
-    warden: Value,
+    refusal: crate::chat::pipeline::Refusal,
     saver: Option<Saver>,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    let mut writer = Writer::new(shell, refusal, saver);
-    writer.warden = Some(warden);
+    let mut writer = Writer::new(shell, refusal.text, saver);
+    writer.warden = Some(refusal.warden);
+    writer.moderation = refusal.moderation;
     writer.usage = Some(Usage::default());
     writer.finish = Some("content_filter".to_owned());
     let mut events = writer.opening();
@@ -95,6 +99,7 @@ impl Writer {
             usage: None,
             finish: None,
             warden: None,
+            moderation: None,
             refusal,
             ended: false,
             saver,
@@ -158,6 +163,9 @@ impl Writer {
         }
         if let Some(warden) = chunk.warden {
             self.keep_warden(warden);
+        }
+        if let Some(moderation) = chunk.moderation {
+            self.moderation = Some(moderation);
         }
         let mut events = Vec::new();
         // A Responses request has one answer (no `n`): choice 0.
@@ -271,7 +279,7 @@ impl Writer {
         }
         let output = self.items.iter().map(|item| item.json(false)).collect();
         let usage = self.usage.unwrap_or_default();
-        let response = self.shell.response(
+        let mut response = self.shell.response(
             ending.status(),
             output,
             Some(&usage),
@@ -279,6 +287,9 @@ impl Writer {
             Value::Null,
             self.warden.as_ref(),
         );
+        if let Some(moderation) = &self.moderation {
+            response["moderation"] = response_moderation(moderation);
+        }
         // Kept before the client can see the end: a next turn sent at once finds it.
         if let Some(saver) = self.saver.take() {
             saver.save(&response);

@@ -3,10 +3,10 @@
 
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::guard::Decision;
+use crate::guard::openai;
 use crate::server::extract::JsonBody;
 use crate::server::request_id;
 use crate::server::state::AppState;
@@ -35,23 +35,6 @@ pub struct InputPart {
 }
 
 const MAX_INPUTS: usize = 32;
-
-/// OpenAI's moderation categories, and the Llama Guard 3 categories that answer for them.
-const OPENAI_CATEGORIES: &[(&str, &[&str])] = &[
-    ("harassment", &[]),
-    ("harassment/threatening", &[]),
-    ("hate", &["S10"]),
-    ("hate/threatening", &[]),
-    ("illicit", &["S2"]),
-    ("illicit/violent", &["S9"]),
-    ("self-harm", &["S11"]),
-    ("self-harm/intent", &[]),
-    ("self-harm/instructions", &[]),
-    ("sexual", &["S3", "S12"]),
-    ("sexual/minors", &["S4"]),
-    ("violence", &["S1"]),
-    ("violence/graphic", &[]),
-];
 
 pub async fn create(
     state: AppState,
@@ -102,20 +85,9 @@ pub async fn create(
             });
         }
         let fired = judgement.categories();
-        let mut categories = Map::new();
-        let mut scores = Map::new();
-        for (name, codes) in OPENAI_CATEGORIES {
-            let hit = codes.iter().any(|c| fired.iter().any(|f| f == c));
-            categories.insert((*name).to_owned(), json!(hit));
-            scores.insert((*name).to_owned(), json!(if hit { 1.0 } else { 0.0 }));
-        }
-        for category in &policy.categories {
-            let hit = fired.contains(&category.id);
-            categories.insert(category.id.clone(), json!(hit));
-            scores.insert(category.id.clone(), json!(if hit { 1.0 } else { 0.0 }));
-        }
+        let (categories, scores) = openai::category_maps(&fired, &policy);
         results.push(json!({
-            "flagged": matches!(decision, Decision::Blocked | Decision::Flagged | Decision::WouldBlock),
+            "flagged": openai::flagged(decision),
             "categories": categories,
             "category_scores": scores,
             "warden": {"verdict": decision.label(), "categories": fired, "policy": policy.name},
