@@ -7,9 +7,10 @@ CONFIG ?= config/warden.toml
 PYTHON_VENV := $(CACHE)/sdk-venv
 PYTHON := $(PYTHON_VENV)/bin/python
 NODE_SDK := $(CACHE)/sdk-node
+CONSOLE_BROWSER := $(CACHE)/console-browser
 TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 
-.PHONY: run test lint fmt build release toolchain sdk-venv sdk-node bench bench-rag eval-retrieval clean
+.PHONY: run test lint fmt build release toolchain sdk-venv sdk-node console-browser bench bench-rag eval-retrieval clean
 
 ## Run Warden with the example config (config/warden.toml), with Milvus Lite and the embedding model.
 run: toolchain
@@ -17,7 +18,7 @@ run: toolchain
 
 ## The whole test suite: format, lints, unit and integration tests against the real Milvus (Lite
 ## and standalone), the real embedding model, a real llama.cpp server, and the OpenAI SDK tests.
-test: toolchain sdk-venv sdk-node lint
+test: toolchain sdk-venv sdk-node console-browser lint
 	scripts/test.sh
 
 lint: toolchain
@@ -61,13 +62,18 @@ eval-retrieval: toolchain
 toolchain:
 	@scripts/toolchain.sh $(TOOLCHAIN)
 
-## Python environment with the official openai SDK, for the SDK tests.
+## The official Node SDK (npm `openai`, pinned), for the SDK tests.
 sdk-node: $(NODE_SDK)/.installed
 
 $(NODE_SDK)/.installed: tests/sdk/node/package.json tests/sdk/node/package-lock.json
 	scripts/node-sdk.sh $(NODE_SDK)
 	touch $@
 
+## Debian's Chromium and npm's playwright-core (pinned) for the console's browser test.
+console-browser:
+	scripts/console-browser.sh $(CONSOLE_BROWSER)
+
+## Python environment with the official openai SDK, for the SDK tests.
 sdk-venv: $(PYTHON_VENV)/.installed
 
 $(PYTHON_VENV)/.installed: tests/sdk/requirements.txt

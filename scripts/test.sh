@@ -60,6 +60,7 @@ redis_pid=$(scripts/redis.sh start "$run_dir/redis" "$redis_port")
 export REDIS_TEST_URL="redis://127.0.0.1:$redis_port" REDIS_SERVER_BIN
 export OPENAI_SDK_PYTHON="$CACHE/sdk-venv/bin/python"
 export OPENAI_NODE_MODULES="$CACHE/sdk-node/node_modules"
+export PLAYWRIGHT_MODULES="$CACHE/console-browser/node_modules" CHROMIUM_BIN="$(command -v chromium)"
 export ORT_DYLIB_PATH
 export EMBED_TEST_MODEL_DIR="$EMBED_MODEL_DIR"
 export LLAMA_SERVER_BIN LLAMA_MODEL

@@ -624,7 +624,7 @@ pub async fn reload(shared: &SharedState) {
     let config = match Config::load(&current.config.source, &ProcessEnv) {
         Ok(config) => config,
         Err(err) => {
-            current.metrics.reload("failed");
+            current.metrics.reload("failed", Some(err.to_string()));
             tracing::error!(error = %err, "config reload failed; keeping the config in force");
             // The policies are files of their own: a bad config does not hold them back.
             if let Some(guard) = &current.guard {
@@ -642,13 +642,19 @@ pub async fn reload(shared: &SharedState) {
     let (next, reloaded) = match built {
         Ok(built) => built,
         Err(err) => {
-            current.metrics.reload("failed");
+            current.metrics.reload("failed", Some(err.clone()));
             tracing::error!(error = %err, "config reload failed; keeping the config and policies in force");
             return;
         }
     };
     shared.replace(next);
-    current.metrics.reload("ok");
+    current.metrics.reload(
+        "ok",
+        reloaded
+            .policy_error
+            .as_ref()
+            .map(|err| format!("the policies were not reloaded: {err}")),
+    );
     let next = shared.current();
     tracing::info!(keys = next.config.keys.len(), models = ?next.pool.model_ids(), rebuilt = ?reloaded.rebuilt, "config reloaded");
     if let Some(guard) = &next.guard {

@@ -43,6 +43,8 @@ pub struct Config {
     pub audit: Option<(PathBuf, bool)>,
     /// Stored Responses API responses.
     pub responses: ResponsesConfig,
+    /// Serve the web console at `/console`.
+    pub console: bool,
     /// The file as read plus overrides and defaults; secrets in it are references only.
     pub effective: RawConfig,
 }
@@ -766,7 +768,15 @@ fn validate(raw: RawConfig, path: &Path, env: &dyn Environment) -> Result<Config
         max_stored_bytes: stored.max_stored_mib.saturating_mul(1024 * 1024),
         ttl: Duration::from_secs(stored.ttl_seconds),
     };
+    let admin_routes = server.admin_token.is_some() || keys.iter().any(|k| k.admin);
+    if raw.console.enabled && !admin_routes {
+        return Err(error(
+            "console.enabled".to_owned(),
+            "the console works through the admin routes: configure an admin key (`admin = true`) or server.admin_token".to_owned(),
+        ));
+    }
     Ok(Config {
+        console: raw.console.enabled,
         responses,
         keys,
         max_concurrent_requests: raw.limits.max_concurrent_requests,

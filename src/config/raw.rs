@@ -31,6 +31,17 @@ pub struct RawConfig {
     pub audit: Option<RawAudit>,
     #[serde(default)]
     pub responses: RawResponses,
+    #[serde(default)]
+    pub console: RawConsole,
+}
+
+/// `[console]`: the web console at `/console`, for admins.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConsole {
+    /// Serve it. Off by default; it needs the admin routes (an admin key or
+    /// `server.admin_token`), which are all it uses.
+    pub enabled: bool,
 }
 
 /// `[responses]`: the Responses API's stored responses (`store`, `previous_response_id`,

@@ -33,7 +33,7 @@ pub const STANDARD_CATEGORIES: [(&str, &str); 14] = [
 
 pub const DEFAULT_REFUSAL: &str = "I'm sorry, but I can't help with that.";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Refuse the request or cut the response.
@@ -53,7 +53,7 @@ pub enum Check {
     Retrieved,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamMode {
     /// No text reaches the client before it was judged safe.
@@ -63,7 +63,7 @@ pub enum StreamMode {
     StreamFirst,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlockStyle {
     /// 200 with an assistant message carrying the refusal, `finish_reason: "content_filter"`.
@@ -73,7 +73,7 @@ pub enum BlockStyle {
     Error,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailMode {
     /// The guard could not answer: refuse (503 `guard_unavailable`).
@@ -84,7 +84,7 @@ pub enum FailMode {
 }
 
 /// Whether a policy's verdicts are acted on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Enforcement {
     /// Blocks block.
@@ -96,7 +96,7 @@ pub enum Enforcement {
 }
 
 /// What happens to image content parts, which a text guard cannot read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageParts {
     /// A request with an image part is a 400: nothing the guard cannot judge reaches the model.

@@ -108,7 +108,7 @@ impl Context {
 }
 
 /// RFC 3339 UTC time with milliseconds, without a date library.
-fn humantime_now() -> String {
+pub fn humantime_now() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -112,7 +112,8 @@ pub fn authenticate(
     }
 }
 
-/// Puts the [`Caller`] in the request, or answers 401. Health and metrics are open.
+/// Puts the [`Caller`] in the request, or answers 401. Health, metrics and the console's
+/// static files are open.
 pub async fn identify(
     access: &Access,
     admin_token: Option<&Secret>,
@@ -120,7 +121,10 @@ pub async fn identify(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+    // The console's files hold no data: what they show comes through the admin routes.
+    if matches!(path, "/healthz" | "/readyz" | "/metrics" | "/console")
+        || path.starts_with("/console/")
+    {
         return next.run(request).await;
     }
     let bearer = request

@@ -63,6 +63,8 @@ pub struct Metrics {
     tokens: Counter,
     reloads: Counter,
     streams_in_flight: AtomicI64,
+    /// The last reload: when (RFC 3339), its outcome, and what failed. For the console.
+    last_reload: std::sync::Mutex<Option<(String, &'static str, Option<String>)>>,
 }
 
 /// Decrements the in-flight stream gauge when the stream is dropped (ended or abandoned).
@@ -230,9 +232,20 @@ impl Metrics {
             .add(vec![("collection", collection.to_owned())], count as u64);
     }
 
-    /// A SIGHUP reload, by outcome (`ok`, `failed`).
-    pub fn reload(&self, outcome: &'static str) {
+    /// A SIGHUP reload, by outcome (`ok`, `failed`), with what failed (the config, or the
+    /// policies beside a config that loaded).
+    pub fn reload(&self, outcome: &'static str, error: Option<String>) {
         self.reloads.add(vec![("outcome", outcome.to_owned())], 1);
+        let mut last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Some((crate::server::audit::humantime_now(), outcome, error));
+    }
+
+    /// The last reload, if there was one: (time, outcome, error).
+    pub fn last_reload(&self) -> Option<(String, &'static str, Option<String>)> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn stream_started(self: &std::sync::Arc<Self>) -> StreamGauge {

@@ -5,7 +5,7 @@ use axum::Router;
 use axum::routing::{delete, get, post};
 
 use crate::server::handlers::{
-    chat, collections, embeddings, fallback, health, models, moderations, responses,
+    admin, chat, collections, console, embeddings, fallback, health, models, moderations, responses,
 };
 use crate::server::state::SharedState;
 
@@ -29,13 +29,17 @@ pub fn routes() -> Router<SharedState> {
         )
         .route(
             "/v1/collections/{name}/documents",
-            post(collections::add_document),
+            get(collections::list_documents).post(collections::add_document),
         )
         .route("/v1/collections/{name}/files", post(collections::upload))
         .route(
             "/v1/collections/{name}/documents/{doc_id}",
             delete(collections::delete_document),
         )
+        .route("/v1/admin/audit", get(admin::audit))
+        .route("/v1/admin/policies", get(admin::policies))
+        .route("/console", get(console::page))
+        .route("/console/{file}", get(console::file))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
         .route("/healthz", get(health::healthz))

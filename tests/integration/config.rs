@@ -352,3 +352,21 @@ fn stored_responses_are_bounded_and_checked_key_by_key() {
         "bounds are not read while storing is off"
     );
 }
+
+#[test]
+fn the_console_needs_the_admin_routes_it_works_through() {
+    let err = error(&format!("{VALID}\n[console]\nenabled = true\n"));
+    assert_eq!(err.key.as_deref(), Some("console.enabled"), "{err}");
+    assert!(err.to_string().contains("admin"), "{err}");
+    let config = parse(
+        &format!(
+            "{}\n[console]\nenabled = true\n",
+            VALID.replace(
+                "[server]\n",
+                "[server]\nadmin_token = \"env:ADMIN_TOKEN\"\n"
+            )
+        ),
+        &env().with("ADMIN_TOKEN", "t0ken"),
+    );
+    assert!(config.unwrap().console);
+}

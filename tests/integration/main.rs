@@ -15,6 +15,7 @@ mod chat_ollama;
 mod chat_openai;
 mod cli;
 mod config;
+mod console;
 mod disconnect;
 mod errors;
 mod failover;

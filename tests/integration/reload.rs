@@ -225,8 +225,15 @@ async fn a_refused_reload_leaves_the_policies_as_they_were() {
         "first",
         "a refused reload touches nothing, the policies included"
     );
+    // The console's Policies page shows the last reload and why it failed.
+    let (_, outcome, error) = shared.current().metrics.last_reload().unwrap();
+    assert_eq!(outcome, "failed");
+    assert!(error.unwrap().contains("/nonexistent/model"));
 
     std::fs::write(&path, &base).unwrap();
     warden::cli::reload(&shared).await;
     assert_eq!(refusal().await, "second");
+    let (time, outcome, error) = shared.current().metrics.last_reload().unwrap();
+    assert_eq!((outcome, error), ("ok", None));
+    assert!(time.ends_with('Z'), "{time}");
 }

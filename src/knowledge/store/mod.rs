@@ -159,6 +159,17 @@ pub struct Store {
     probe: String,
 }
 
+/// The most rows one Milvus query returns (its `limit` cap).
+const QUERY_LIMIT: i64 = 16_384;
+
+/// One document of a collection, as the console lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DocumentSummary {
+    pub doc_id: String,
+    pub source: String,
+    pub chunks: usize,
+}
+
 /// Where the store's callers have always found it; defined in config, which checks names too.
 pub use crate::config::valid_collection_name;
 
@@ -891,6 +902,50 @@ impl Store {
         Ok(response.results().get_row_count() as usize)
     }
 
+    /// The documents of one tenant, with their chunk counts, by source. Reads at most
+    /// `QUERY_LIMIT` chunks (Milvus's own cap on one query); `true` when there were more.
+    pub async fn list_documents(
+        &self,
+        collection: &str,
+        tenant: &str,
+    ) -> Result<(Vec<DocumentSummary>, bool), StoreError> {
+        let request = QueryRequest::builder()
+            .collection_name(collection)
+            .filter(format!("{FIELD_TENANT} == {}", literal(tenant)))
+            .output_fields([FIELD_DOC, FIELD_SOURCE])
+            .limit(QUERY_LIMIT)
+            .consistency_level(ConsistencyLevel::Strong)
+            .build()
+            .map_err(failed)?;
+        let response = self
+            .loaded(collection, || async {
+                self.limit(self.client().await?.query(request.clone()))
+                    .await
+            })
+            .await?;
+        let results = response.results();
+        let strings = |name: &str| match results.get_output_field(name) {
+            Some(FieldData::VarChar { values, .. }) => values.clone(),
+            _ => Vec::new(),
+        };
+        let (docs, sources) = (strings(FIELD_DOC), strings(FIELD_SOURCE));
+        let mut by_doc: std::collections::BTreeMap<String, DocumentSummary> =
+            std::collections::BTreeMap::new();
+        for (i, doc_id) in docs.iter().enumerate() {
+            by_doc
+                .entry(doc_id.clone())
+                .or_insert_with(|| DocumentSummary {
+                    doc_id: doc_id.clone(),
+                    source: sources.get(i).cloned().unwrap_or_default(),
+                    chunks: 0,
+                })
+                .chunks += 1;
+        }
+        let mut documents: Vec<DocumentSummary> = by_doc.into_values().collect();
+        documents.sort_by(|a, b| a.source.cmp(&b.source));
+        Ok((documents, docs.len() as i64 >= QUERY_LIMIT))
+    }
+
     /// Stores rows; `full_text` says whether the collection has the BM25 field (see
     /// [`CollectionInfo::full_text`]), which then gets each row's `keywords`.
     pub async fn insert(
@@ -1137,14 +1192,10 @@ impl Store {
     }
 
     /// Runs a search; after a server restart a collection is not loaded: load it and ask again.
-    async fn loaded<F, Fut>(
-        &self,
-        collection: &str,
-        search: F,
-    ) -> Result<SearchResponse, StoreError>
+    async fn loaded<T, F, Fut>(&self, collection: &str, search: F) -> Result<T, StoreError>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<SearchResponse, StoreError>>,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
         match search().await {
             Err(StoreError::Unavailable(message)) if needs_load(&message) => {

@@ -28,6 +28,17 @@ impl FromRequestParts<SharedState> for Admin {
         parts: &mut Parts,
         shared: &SharedState,
     ) -> Result<Self, Self::Rejection> {
+        // Same origin only: a page of another site cannot drive the admin routes from a
+        // browser that holds a token (browsers say where a request comes from).
+        if parts
+            .headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site != "same-origin" && site != "none")
+        {
+            return Err(ApiError::Forbidden {
+                message: "admin routes answer requests from this origin only".to_owned(),
+            });
+        }
         let Ok(state) = AppState::from_request_parts(parts, shared).await;
         let caller = parts
             .extensions
@@ -361,5 +372,28 @@ pub async fn delete_document(
     }
     Ok(Json(
         json!({"object": "document", "id": doc_id, "collection": collection, "deleted": true, "chunks": chunks}),
+    ))
+}
+
+/// `GET /v1/collections/{name}/documents`: the caller's tenant's documents, by source.
+pub async fn list_documents(
+    Admin(caller): Admin,
+    state: AppState,
+    Path(collection): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    checked_name(&collection)?;
+    let knowledge = knowledge(&state)?;
+    knowledge
+        .store
+        .check(&collection, knowledge.embedder.dimension)
+        .await
+        .map_err(|e| knowledge_error(e.into()))?;
+    let (documents, truncated) = knowledge
+        .store
+        .list_documents(&collection, &caller.tenant)
+        .await
+        .map_err(|e| knowledge_error(e.into()))?;
+    Ok(Json(
+        json!({"object": "list", "collection": collection, "data": documents, "truncated": truncated}),
     ))
 }

@@ -1,7 +1,9 @@
 //! Thin HTTP handlers: extract, call the pipeline or the component, answer.
 
+pub mod admin;
 pub mod chat;
 pub mod collections;
+pub mod console;
 pub mod embeddings;
 pub mod fallback;
 pub mod health;
