@@ -392,3 +392,53 @@ async fn the_stored_turns_are_judged_again_when_a_conversation_continues() {
         "the blocked turn never reached the model"
     );
 }
+
+#[tokio::test]
+async fn stored_responses_put_no_content_in_the_logs() {
+    let upstream = FakeUpstream::start(Flavor::Ollama).await;
+    let path = temp_config("responses-logs", &config_for(&[&upstream], ""));
+    let (_serving, address, lines) = spawn_serving_with(&path, &[("RUST_LOG", "debug")]);
+    let secret = "zebra-umbrella-4471";
+    let base = format!("http://{address}");
+    let created: Value = client()
+        .post(format!("{base}/v1/responses"))
+        .json(&json!({"model": "llama3.2", "input": format!("My locker code is {secret}."), "instructions": secret}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let streamed = client()
+        .post(format!("{base}/v1/responses"))
+        .json(&json!({"model": "llama3.2", "input": "And again?", "previous_response_id": id, "stream": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(response_events(&streamed).last().unwrap()["type"] == "response.completed");
+    let stored = client()
+        .get(format!("{base}/v1/responses/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+    assert!(
+        upstream.last_body().to_string().contains(secret),
+        "the stored turn reached the model"
+    );
+    // Everything logged so far, at debug level.
+    wait_for_line(&lines, "/v1/responses/");
+    let mut logged = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
+        logged.push(line);
+    }
+    assert!(
+        !logged.iter().any(|line| line.contains(secret)),
+        "content in the logs:\n{}",
+        logged.join("\n")
+    );
+}

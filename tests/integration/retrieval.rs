@@ -218,6 +218,48 @@ async fn ingested_documents_are_found_and_injected_into_the_prompt() {
         2.0
     );
 
+    // The Responses API grounds the same way and reports the sources in its `warden` object,
+    // whole and streamed (on the final response).
+    let whole: serde_json::Value = warden
+        .post(
+            "/v1/responses",
+            json!({"model": "llama3.2", "input": "How do I factory reset my K7?"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        whole["warden"]["sources"][0]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("kestrel.md"),
+        "{whole}"
+    );
+    assert!(
+        upstream.last_body()["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("twelve seconds")
+    );
+    let streamed = warden
+        .post(
+            "/v1/responses",
+            json!({"model": "llama3.2", "input": "When are invoices sent out?", "stream": true}),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    let last = crate::responses::response_events(&streamed).pop().unwrap();
+    assert!(
+        last["response"]["warden"]["sources"][0]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("billing.txt"),
+        "{last}"
+    );
+
     // Off for one request, and another collection for another.
     let _ = warden
         .post("/v1/chat/completions", json!({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "warden": {"rag": false}}))
