@@ -188,28 +188,29 @@ fn chunk(identity: &StreamIdentity, delta: Delta, finish_reason: Option<&str>) -
     }
 }
 
-/// OpenAI's "moderation chunk": no choices, the `moderation` results.
-fn moderation_chunk(identity: &StreamIdentity, moderation: Value) -> ChatChunk {
+/// A chunk with no choices: what carries usage, or OpenAI's "moderation chunk".
+fn choiceless_chunk(identity: &StreamIdentity) -> ChatChunk {
     ChatChunk {
         id: identity.id.clone(),
         object: chunk_object(),
         created: identity.created,
         model: identity.model.clone(),
         choices: Vec::new(),
-        moderation: Some(moderation),
         ..Default::default()
+    }
+}
+
+fn moderation_chunk(identity: &StreamIdentity, moderation: Value) -> ChatChunk {
+    ChatChunk {
+        moderation: Some(moderation),
+        ..choiceless_chunk(identity)
     }
 }
 
 fn usage_chunk(identity: &StreamIdentity, usage: Usage) -> ChatChunk {
     ChatChunk {
-        id: identity.id.clone(),
-        object: chunk_object(),
-        created: identity.created,
-        model: identity.model.clone(),
-        choices: Vec::new(),
         usage: Some(usage),
-        ..Default::default()
+        ..choiceless_chunk(identity)
     }
 }
 
@@ -631,11 +632,11 @@ impl Relay {
     /// The `moderation` results, when asked, from the verdicts so far.
     fn moderation_frame(&self) -> Option<Frame> {
         let report = self.report.as_ref()?;
-        let note = self.note.clone().unwrap_or_default();
-        Some(Frame::chunk(moderation_chunk(
-            &self.identity,
-            report.json(&note, true),
-        )))
+        let moderation = match &self.note {
+            Some(note) => report.json(note, true),
+            None => report.json(&Note::default(), true),
+        };
+        Some(Frame::chunk(moderation_chunk(&self.identity, moderation)))
     }
 
     /// Serializes a chunk; the first one carries the input verdict.

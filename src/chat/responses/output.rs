@@ -276,30 +276,33 @@ impl Shell {
     }
 }
 
+/// A `Shell` with every setting left at its default, for the module's tests.
+#[cfg(test)]
+pub fn test_shell() -> Shell {
+    Shell {
+        id: "resp_1".into(),
+        created_at: 7,
+        model: "m".into(),
+        instructions: Value::Null,
+        max_output_tokens: Value::Null,
+        temperature: Value::Null,
+        top_p: Value::Null,
+        user: Value::Null,
+        safety_identifier: Value::Null,
+        metadata: json!({}),
+        tools: json!([]),
+        tool_choice: json!("auto"),
+        parallel_tool_calls: json!(true),
+        text_format: json!({"type": "text"}),
+        store: false,
+        previous_response_id: Value::Null,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_shell as shell;
     use super::*;
-
-    fn shell() -> Shell {
-        Shell {
-            id: "resp_1".into(),
-            created_at: 7,
-            model: "m".into(),
-            instructions: Value::Null,
-            max_output_tokens: Value::Null,
-            temperature: Value::Null,
-            top_p: Value::Null,
-            user: Value::Null,
-            safety_identifier: Value::Null,
-            metadata: json!({}),
-            tools: json!([]),
-            tool_choice: json!("auto"),
-            parallel_tool_calls: json!(true),
-            text_format: json!({"type": "text"}),
-            store: false,
-            previous_response_id: Value::Null,
-        }
-    }
 
     fn completion(value: Value) -> ChatCompletion {
         serde_json::from_value(value).unwrap()

@@ -413,29 +413,9 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::output::test_shell as shell;
     use super::*;
     use crate::types::{ChunkChoice, Delta, FunctionDelta, ToolCallDelta};
-
-    fn shell() -> Shell {
-        Shell {
-            id: "resp_1".into(),
-            created_at: 7,
-            model: "m".into(),
-            instructions: Value::Null,
-            max_output_tokens: Value::Null,
-            temperature: Value::Null,
-            top_p: Value::Null,
-            user: Value::Null,
-            safety_identifier: Value::Null,
-            metadata: json!({}),
-            tools: json!([]),
-            tool_choice: json!("auto"),
-            parallel_tool_calls: json!(true),
-            text_format: json!({"type": "text"}),
-            store: false,
-            previous_response_id: Value::Null,
-        }
-    }
 
     fn chunk(delta: Delta, finish: Option<&str>) -> Frame {
         Frame::Chunk(Box::new(ChatChunk {

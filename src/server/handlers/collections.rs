@@ -104,6 +104,22 @@ pub fn knowledge_error(err: KnowledgeError) -> ApiError {
     }
 }
 
+/// The knowledge base, once `collection` is a valid name of a collection that exists with the
+/// embedding model's dimension.
+async fn existing_collection<'a>(
+    state: &'a AppState,
+    collection: &str,
+) -> Result<&'a Arc<Knowledge>, ApiError> {
+    checked_name(collection)?;
+    let knowledge = knowledge(state)?;
+    knowledge
+        .store
+        .check(collection, knowledge.embedder.dimension)
+        .await
+        .map_err(|e| knowledge_error(e.into()))?;
+    Ok(knowledge)
+}
+
 fn checked_name(name: &str) -> Result<(), ApiError> {
     if valid_collection_name(name) {
         Ok(())
@@ -350,13 +366,7 @@ pub async fn delete_document(
     state: AppState,
     Path((collection, doc_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    checked_name(&collection)?;
-    let knowledge = knowledge(&state)?;
-    knowledge
-        .store
-        .check(&collection, knowledge.embedder.dimension)
-        .await
-        .map_err(|e| knowledge_error(e.into()))?;
+    let knowledge = existing_collection(&state, &collection).await?;
     let chunks = knowledge
         .store
         .delete_document(&collection, &caller.tenant, &doc_id)
@@ -381,13 +391,7 @@ pub async fn list_documents(
     state: AppState,
     Path(collection): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    checked_name(&collection)?;
-    let knowledge = knowledge(&state)?;
-    knowledge
-        .store
-        .check(&collection, knowledge.embedder.dimension)
-        .await
-        .map_err(|e| knowledge_error(e.into()))?;
+    let knowledge = existing_collection(&state, &collection).await?;
     let (documents, truncated) = knowledge
         .store
         .list_documents(&collection, &caller.tenant)
